@@ -1,0 +1,53 @@
+"""adamx: Keras 3's Adam, every argument, as composable Optax gradient transformations."""
+
+from adamx._accumulation import accumulate_gradients
+from adamx._adam import adam
+from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from adamx._ema import ParamsEmaState, ema_of_params, ema_params, finalize_variable_values
+from adamx._hyperparams import LearningRate, Schedule
+from adamx._loss_scale import (
+    DynamicLossScaleState,
+    StaticLossScaleState,
+    loss_scale_optimizer,
+    scale_loss,
+    unscale_gradients,
+)
+from adamx._moments import ScaleByKerasAdamState, scale_by_keras_adam
+from adamx._state import current_learning_rate, iterations
+from adamx._weight_decay import (
+    DecoupledWeightDecayState,
+    Exclusion,
+    decay_mask,
+    decayed_paths,
+    decoupled_weight_decay,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecoupledWeightDecayState",
+    "DynamicLossScaleState",
+    "Exclusion",
+    "LearningRate",
+    "ParamsEmaState",
+    "ScaleByKerasAdamState",
+    "Schedule",
+    "StaticLossScaleState",
+    "accumulate_gradients",
+    "adam",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "current_learning_rate",
+    "decay_mask",
+    "decayed_paths",
+    "decoupled_weight_decay",
+    "ema_of_params",
+    "ema_params",
+    "finalize_variable_values",
+    "iterations",
+    "loss_scale_optimizer",
+    "scale_by_keras_adam",
+    "scale_loss",
+    "unscale_gradients",
+]

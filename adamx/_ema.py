@@ -1,0 +1,123 @@
+"""An exponential moving average of the parameters (Keras's `use_ema`), with overwrite."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamx._trees import check_same_structure, compute_dtype
+from adamx._validation import check_int, check_real
+
+
+class ParamsEmaState(NamedTuple):
+    count: jax.Array  # type: ignore[assignment]  # int32[]: calls so far (Keras's raw counter `it`)
+    average: optax.Params  # like params: the moving average (Keras `<var>_average`)
+
+
+def ema_of_params(
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    *,
+    steps_per_update: int = 1,
+) -> optax.GradientTransformation:
+    """Tracks an EMA of the parameters after each update; optionally overwrites them with it.
+
+    Keras's `use_ema`, `ema_momentum` and `ema_overwrite_frequency`. With `p' = p + u` the
+    parameters after this call's update and `k` the number of real updates before this call
+    (`count // steps_per_update`)::
+
+        mu  = ema_momentum * [k != 0]        # the first update copies: average = p'
+        avg <- mu * avg + (1 - mu) * p'
+        if ema_overwrite_frequency and (k + 1) % ema_overwrite_frequency == 0:
+            emit avg - p                     # so that apply_updates sets p to the average
+        else:
+            emit u unchanged
+
+    It runs on every call, accumulation micro-steps included (`steps_per_update` is
+    `gradient_accumulation_steps`, so `k` counts real updates, like Keras's `iterations`). optax
+    has no parameter EMA (`optax.ema` averages updates). Differences from Keras: the overwrite
+    is a selection, so a non-finite average never leaks into parameters that are not being
+    overwritten; float16/bfloat16 averages are computed in float32 and stored in their dtype.
+    Read the average with `adamx.ema_params(state)`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, adamx
+      >>> tx = adamx.ema_of_params(0.5)
+      >>> params = jnp.array([1.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(2):
+      ...     updates, state = tx.update(jnp.array([1.0]), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> adamx.ema_params(state)  # 2 (the first call copies), then 0.5 * 2 + 0.5 * 3
+      Array([2.5], dtype=float32)
+    """
+    check_real("ema_momentum", ema_momentum, low=0.0, high=1.0)
+    if ema_overwrite_frequency is not None:
+        check_int("ema_overwrite_frequency", ema_overwrite_frequency, low=1)
+    check_int("steps_per_update", steps_per_update, low=1)
+
+    def init_fn(params: optax.Params) -> ParamsEmaState:
+        return ParamsEmaState(count=jnp.zeros([], jnp.int32), average=optax.tree.zeros_like(params))
+
+    def update_fn(
+        updates: optax.Updates, state: ParamsEmaState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ParamsEmaState]:
+        if params is None:
+            raise ValueError("ema_of_params needs `params`: call update(grads, state, params).")
+        check_same_structure("updates", updates, "params", params)
+        check_same_structure("params", params, "the optimizer state's EMA", state.average)
+        k = state.count // steps_per_update
+        new_params = optax.apply_updates(params, updates)
+
+        def average_one(avg: jax.Array, p: jax.Array) -> jax.Array:
+            dtype = compute_dtype(avg.dtype)
+            mu = (k != 0).astype(dtype) * ema_momentum
+            return (mu * avg.astype(dtype) + (1 - mu) * p.astype(dtype)).astype(avg.dtype)
+
+        average = jax.tree.map(average_one, state.average, new_params)
+        if ema_overwrite_frequency is not None:
+            overwrite = (k + 1) % ema_overwrite_frequency == 0
+            updates = jax.tree.map(
+                lambda u, avg, p: jnp.where(overwrite, (avg - p).astype(u.dtype), u),
+                updates,
+                average,
+                params,
+            )
+        return updates, ParamsEmaState(count=optax.safe_increment(state.count), average=average)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _ema_state(state: Any) -> ParamsEmaState | None:
+    from adamx._state import find_state
+
+    return find_state(state, ParamsEmaState)
+
+
+def ema_params(state: Any) -> optax.Params:
+    """The EMA of the parameters held in an optimizer state, for evaluation.
+
+    Non-destructive: the training parameters and the state are left as they are. Raises a
+    ValueError if the state has no EMA (build the optimizer with `use_ema=True`).
+    """
+    ema = _ema_state(state)
+    if ema is None:
+        raise ValueError("This optimizer state holds no EMA: build it with `use_ema=True`.")
+    return ema.average
+
+
+def finalize_variable_values(params: optax.Params, state: Any) -> optax.Params:
+    """Keras's `finalize_variable_values`: the EMA parameters if EMA is on, else `params`.
+
+    Keras assigns the averages to the model's variables at the end of `fit`; here the
+    parameters to continue with are returned. Without EMA the parameters come back unchanged,
+    as Keras leaves them.
+    """
+    ema = _ema_state(state)
+    if ema is None:
+        return params
+    check_same_structure("params", params, "the optimizer state's EMA", ema.average)
+    return ema.average

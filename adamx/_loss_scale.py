@@ -1,0 +1,137 @@
+"""Loss scaling: Keras's static `loss_scale_factor` and its dynamic `LossScaleOptimizer`."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamx._validation import check_int, check_real
+
+
+class StaticLossScaleState(NamedTuple):
+    loss_scale: jax.Array  # float32[]: the constant factor, kept for `scale_loss`
+
+
+class DynamicLossScaleState(NamedTuple):
+    loss_scale: jax.Array  # float32[]: the current scale S (Keras `dynamic_scale`)
+    growth_count: jax.Array  # int32[]: finite calls since the last change (Keras `step_counter`)
+    inner_state: Any  # the wrapped optimizer's state
+
+
+def unscale_gradients(loss_scale_factor: float) -> optax.GradientTransformation:
+    """Divides gradients by a constant loss scale (Keras's `loss_scale_factor`).
+
+    `g <- g / loss_scale_factor`. Multiply the loss by the same factor before differentiating,
+    with `adamx.scale_loss(loss, state)`. The factor is also kept in the state (float32).
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> tx = adamx.unscale_gradients(4.0)
+      >>> tx.update(jnp.array([12.0, 16.0]), tx.init(None))[0]
+      Array([3., 4.], dtype=float32)
+    """
+    check_real("loss_scale_factor", loss_scale_factor, low=0.0, low_open=True)
+
+    def init_fn(params: optax.Params) -> StaticLossScaleState:
+        del params
+        return StaticLossScaleState(loss_scale=jnp.asarray(loss_scale_factor, jnp.float32))
+
+    def update_fn(
+        updates: optax.Updates, state: StaticLossScaleState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, StaticLossScaleState]:
+        del params
+        return jax.tree.map(lambda g: g / loss_scale_factor, updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(tree)]))
+
+
+def loss_scale_optimizer(
+    inner: optax.GradientTransformation,
+    initial_scale: float = 2.0**15,
+    dynamic_growth_steps: int = 2000,
+) -> optax.GradientTransformationExtraArgs:
+    """Dynamic loss scaling around any optimizer (Keras's `LossScaleOptimizer`).
+
+    Gradients arrive computed from `loss * S` (use `adamx.scale_loss(loss, state)`). Per call,
+    with `S` the scale before this call::
+
+        if all gradients are finite:
+            inner step on g / S
+            if growth_count == dynamic_growth_steps - 1: S <- 2 S, growth_count <- 0
+            else: growth_count <- growth_count + 1
+        else:
+            skip: parameters and the inner state stay bit-identical; S <- S / 2, growth_count <- 0
+
+    The scale is float32 whatever the parameters' dtype. As in Keras there is no floor or
+    ceiling: after about 165 consecutive non-finite calls from 2**15, S underflows to 0. optax
+    has no equivalent (`optax.apply_if_finite` skips steps but keeps no scale). Keras's
+    constructor sets the inner optimizer's `loss_scale_factor` to None; do not combine this
+    wrapper with `adam(loss_scale_factor=...)` (`adamx.adam` rejects that combination only if you
+    pass both to it, so the caller owns this).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, adamx
+      >>> tx = adamx.loss_scale_optimizer(adamx.adam(), initial_scale=8.0)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> _, state = tx.update(jnp.array([jnp.inf, 1.0]), state, jnp.zeros(2))
+      >>> state.loss_scale
+      Array(4., dtype=float32)
+    """
+    check_real("initial_scale", initial_scale, low=0.0, low_open=True)
+    check_int("dynamic_growth_steps", dynamic_growth_steps, low=1)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params: optax.Params) -> DynamicLossScaleState:
+        return DynamicLossScaleState(
+            loss_scale=jnp.asarray(initial_scale, jnp.float32),
+            growth_count=jnp.zeros([], jnp.int32),
+            inner_state=inner.init(params),
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: DynamicLossScaleState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, DynamicLossScaleState]:
+        finite = _all_finite(updates)
+        scale = state.loss_scale
+        # Like Keras, unscaling promotes to float32: a float16 gradient unscaled in float16 would
+        # underflow, which is what scaling the loss was for.
+        unscaled = jax.tree.map(lambda g: g / scale, updates)
+        inner_updates, inner_state = inner.update(unscaled, state.inner_state, params, **extra_args)
+        grow = finite & (state.growth_count == dynamic_growth_steps - 1)
+        new_state = DynamicLossScaleState(
+            loss_scale=jnp.where(finite, jnp.where(grow, scale * 2.0, scale), scale * 0.5),
+            growth_count=jnp.where(finite & ~grow, state.growth_count + 1, 0).astype(jnp.int32),
+            inner_state=optax.tree.where(finite, inner_state, state.inner_state),
+        )
+        skipped = optax.tree.zeros_like(inner_updates)
+        return optax.tree.where(finite, inner_updates, skipped), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_loss(loss: jax.typing.ArrayLike, state: Any) -> jax.Array:
+    """Multiplies a loss by the loss scale the state holds (Keras's `optimizer.scale_loss`).
+
+    Reads the dynamic scale of `loss_scale_optimizer` or the static `loss_scale_factor`; with
+    neither, returns the loss unchanged. The product is computed as Keras does, `loss * S` with
+    `S` float32, so a float16/bfloat16 loss is promoted to float32 before scaling.
+    """
+    from adamx._state import find_state
+
+    dynamic = find_state(state, DynamicLossScaleState)
+    if dynamic is not None:
+        return jnp.asarray(loss) * dynamic.loss_scale
+    static = find_state(state, StaticLossScaleState)
+    if static is not None:
+        return jnp.asarray(loss) * static.loss_scale
+    return jnp.asarray(loss)

@@ -1,0 +1,157 @@
+"""The Adam arithmetic, exactly as Keras 3 writes it (plus amsgrad and a Nesterov option)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamx._hyperparams import LearningRate, learning_rate_schedule
+from adamx._trees import check_floating, check_same_structure, compute_dtype, tree_map_multi
+from adamx._validation import check_bool, check_real
+
+
+class ScaleByKerasAdamState(NamedTuple):
+    """State of `scale_by_keras_adam`; the slot names in comments are Keras's."""
+
+    count: jax.Array  # type: ignore[assignment]  # int32[]: updates applied so far (Keras `iterations`)
+    learning_rate: jax.Array  # float32[]: the rate the next update will use
+    mu: optax.Updates  # like params, dtype mu_dtype or the params': `momentum`
+    nu: optax.Updates  # like params: `velocity`, the raw (uncorrected) average of g²
+    nu_max: optax.Updates | None  # like params if amsgrad, else None: `velocity_hat`
+
+
+def check_beta(name: str, value: Any) -> None:
+    if callable(value):
+        raise TypeError(
+            f"`{name}` must be a float in [0, 1). Keras accepts a callable here but fails on the "
+            f"first update; to change `{name}` during training, use "
+            f"`optax.inject_hyperparams(adamx.adam)`. Received: {name}={value!r}"
+        )
+    check_real(name, value, low=0.0, high=1.0, high_open=True)
+
+
+def check_mu_dtype(mu_dtype: Any) -> None:
+    if mu_dtype is not None and not jnp.issubdtype(jnp.dtype(mu_dtype), jnp.floating):
+        raise TypeError(f"`mu_dtype` must be a floating dtype or None. Received: {mu_dtype!r}")
+
+
+def scale_by_keras_adam(
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-7,
+    amsgrad: bool = False,
+    *,
+    learning_rate: LearningRate = 1.0,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by Keras's Adam rule, with epsilon-hat and the learning rate inside.
+
+    With `t` the number of this update (1 on the first) and `lr` the learning rate at `t - 1`::
+
+        m     <- m + (g - m) * (1 - beta_1)
+        v     <- v + (g**2 - v) * (1 - beta_2)
+        alpha  = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        out    = (m * alpha) / (sqrt(v) + epsilon)
+
+    `epsilon` is Keras's "epsilon hat": it is added to the root of the *uncorrected* `v`. The
+    moment form `m + (g - m)(1 - beta)` and the order of operations are Keras's, so float32
+    results are Keras's bit for bit when both run op by op.
+
+    - `amsgrad=True` (Keras's `amsgrad`): `v_hat <- max(v_hat, v)` over the raw `v`, and
+      `sqrt(v_hat)` replaces `sqrt(v)` (optax's `scale_by_amsgrad` maxes the bias-corrected
+      value instead, a different algorithm).
+    - `nesterov=True` (not in Keras; optax's `scale_by_adam(nesterov=True)` with epsilon-hat)::
+
+        out = (beta_1 * m / (1 - beta_1**(t+1)) + (1 - beta_1) * g / (1 - beta_1**t))
+              * lr * sqrt(1 - beta_2**t) / (sqrt(v) + epsilon)
+
+    The output is the positive step Keras subtracts; negate it (`optax.scale(-1.0)`) to apply
+    it with `optax.apply_updates`. `learning_rate` defaults to 1, making this a drop-in for
+    `optax.scale_by_adam`; `adamx.adam` passes the real rate because Keras folds it into `alpha`
+    (multiplying afterwards changes bits). float16 and bfloat16 parameters keep their moments in
+    their own dtype (Keras's slots) but compute in float32; Keras computes in the low precision,
+    where bfloat16 rounds `beta_2 = 0.999` to 1 and parameters never move.
+
+    Args:
+      beta_1: decay of the first moment, in [0, 1).
+      beta_2: decay of the second moment, in [0, 1).
+      epsilon: epsilon-hat, > 0.
+      amsgrad: use the running maximum of the raw second moment.
+      learning_rate: a number, a schedule `count -> rate`, or a zero-argument callable.
+      nesterov: use the Nesterov-accelerated first moment.
+      mu_dtype: dtype of the first moment; None keeps the parameters' dtype.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, adamx
+      >>> tx = optax.chain(adamx.scale_by_keras_adam(learning_rate=0.5), optax.scale(-1.0))
+      >>> params = jnp.array([1.0, 2.0, 3.0, 4.0])
+      >>> updates, _ = tx.update(jnp.array([1.0, 6.0, 7.0, 2.0]), tx.init(params))
+      >>> optax.apply_updates(params, updates)
+      Array([0.50000495, 1.5000036 , 2.5000036 , 3.500004  ], dtype=float32)
+    """
+    check_beta("beta_1", beta_1)
+    check_beta("beta_2", beta_2)
+    check_real("epsilon", epsilon, low=0.0, low_open=True)
+    check_bool("amsgrad", amsgrad)
+    check_bool("nesterov", nesterov)
+    check_mu_dtype(mu_dtype)
+    schedule = learning_rate_schedule(learning_rate)
+
+    def rate(count: jax.Array) -> jax.Array:
+        return jnp.asarray(schedule(count), jnp.float32)
+
+    def init_fn(params: optax.Params) -> ScaleByKerasAdamState:
+        check_floating(params)
+        count = jnp.zeros([], jnp.int32)
+        return ScaleByKerasAdamState(
+            count=count,
+            learning_rate=rate(count),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params),
+            nu_max=optax.tree.zeros_like(params) if amsgrad else None,
+        )
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByKerasAdamState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByKerasAdamState]:
+        del params
+        check_same_structure("updates", updates, "the optimizer state's moments", state.nu)
+        learning_rate = schedule(state.count)
+        step = optax.safe_increment(state.count)
+
+        def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: jax.Array) -> tuple[Any, ...]:
+            dtype = compute_dtype(v.dtype, m.dtype)
+            t = step.astype(dtype)
+            b1_power = jnp.power(jnp.asarray(beta_1, dtype), t)
+            b2_power = jnp.power(jnp.asarray(beta_2, dtype), t)
+            lr = jnp.asarray(learning_rate).astype(dtype)
+            g, m, v = g.astype(dtype), m.astype(dtype), v.astype(dtype)
+            m = m + (g - m) * (1 - beta_1)
+            v = v + (jnp.square(g) - v) * (1 - beta_2)
+            if amsgrad:
+                v_max = jnp.maximum(v_max.astype(dtype), v)
+            root_v = jnp.sqrt(v_max if amsgrad else v)
+            if nesterov:
+                b1_next_power = jnp.power(jnp.asarray(beta_1, dtype), t + 1)
+                m_hat = beta_1 * m / (1 - b1_next_power) + (1 - beta_1) * g / (1 - b1_power)
+                out = (m_hat * (lr * jnp.sqrt(1 - b2_power))) / (root_v + epsilon)
+            else:
+                alpha = lr * jnp.sqrt(1 - b2_power) / (1 - b1_power)
+                out = (m * alpha) / (root_v + epsilon)
+            return out, m, v, v_max
+
+        nu_max = state.nu_max if amsgrad else state.nu
+        out, mu, nu, nu_max = tree_map_multi(one_leaf, 4, updates, state.mu, state.nu, nu_max)
+        return optax.tree.cast_like(out, state.nu), ScaleByKerasAdamState(
+            count=step,
+            learning_rate=rate(step),
+            mu=optax.tree.cast_like(mu, state.mu),
+            nu=optax.tree.cast_like(nu, state.nu),
+            nu_max=optax.tree.cast_like(nu_max, state.nu) if amsgrad else None,
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)

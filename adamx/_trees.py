@@ -1,0 +1,58 @@
+"""Small pytree helpers: readable key paths, structure checks, multi-output maps, dtypes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import jax
+import jax.numpy as jnp
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+    """`(DictKey('dense'), DictKey('bias'))` -> `'dense/bias'`."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def check_same_structure(name: str, tree: Any, reference_name: str, reference: Any) -> None:
+    """Raises a ValueError naming both trees if their structures differ (at trace time)."""
+    structure: Any = jax.tree.structure(tree)
+    reference_structure: Any = jax.tree.structure(reference)
+    if structure != reference_structure:
+        raise ValueError(
+            f"The structure of `{name}` does not match the structure of `{reference_name}`.\n"
+            f"  {name}: {structure}\n  {reference_name}: {reference_structure}"
+        )
+
+
+def check_floating(params: Any) -> None:
+    """adamx updates floating-point parameters only; integer leaves get a clear TypeError."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"adamx optimizes floating-point parameters; the leaf at '{path_str(path)}' has "
+                f"dtype {jnp.result_type(leaf)}. Cast it to a float dtype or keep it out of the "
+                "optimized tree."
+            )
+
+
+def compute_dtype(*dtypes: Any) -> jnp.dtype:
+    """The dtype hyper-parameter arithmetic runs in: float32 at least, wider if a leaf is.
+
+    float32 and float64 leaves compute in their own dtype, exactly as Keras does; float16 and
+    bfloat16 leaves compute in float32 and store the result in their dtype (Keras computes in
+    the low precision, where bfloat16 rounds `beta_2 = 0.999` to 1 and parameters never move).
+    """
+    return jnp.result_type(jnp.float32, *dtypes)
+
+
+def tree_map_multi(
+    fn: Callable[..., tuple[Any, ...]], n_outputs: int, tree: Any, *rest: Any
+) -> tuple[Any, ...]:
+    """Like `jax.tree.map`, for an `fn` returning `n_outputs` values: returns that many trees."""
+    leaves, treedef = jax.tree.flatten(tree)
+    treedef = cast(Any, treedef)
+    rest_leaves = [treedef.flatten_up_to(other) for other in rest]
+    outputs = [fn(*args) for args in zip(leaves, *rest_leaves, strict=True)]
+    columns = list(zip(*outputs, strict=True)) or [()] * n_outputs
+    return tuple(treedef.unflatten(column) for column in columns)

@@ -1,0 +1,86 @@
+"""Construction-time argument checks shared by every factory.
+
+Each check names the argument, the value received and the accepted range. Values that are
+JAX tracers (for example hyper-parameters injected by `optax.inject_hyperparams` inside `jit`)
+cannot be inspected and are accepted as they are; concrete arrays are checked like numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _is_tracer(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _as_real(name: str, value: Any, accepted: str) -> float | None:
+    """Returns `value` as a Python float, or None for a tracer; raises TypeError otherwise."""
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{name}` must be {accepted}, not a boolean. Received: {name}={value!r}")
+    if _is_tracer(value):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray | jax.Array) and value.shape == ():
+        if not np.issubdtype(value.dtype, np.floating) and not np.issubdtype(
+            value.dtype, np.integer
+        ):
+            raise TypeError(
+                f"`{name}` must be {accepted}; received an array of dtype {value.dtype}."
+            )
+        return float(value)
+    raise TypeError(f"`{name}` must be {accepted}. Received: {name}={value!r}")
+
+
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Checks that `value` is a finite real number in the given interval."""
+    left, right = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
+    accepted = f"a finite real number in {left}{low:g}, {high:g}{right}"
+    number = _as_real(name, value, accepted)
+    if number is None:
+        return
+    too_low = number <= low if low_open else number < low
+    too_high = number >= high if high_open else number > high
+    if not math.isfinite(number) or too_low or too_high:
+        raise ValueError(f"`{name}` must be {accepted}. Received: {name}={value!r}")
+
+
+def check_optional_real(name: str, value: Any, **interval: Any) -> None:
+    if value is not None:
+        check_real(name, value, **interval)
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
+
+
+def check_int(name: str, value: Any, *, low: int) -> None:
+    """Checks that `value` is an integer (not a bool) >= `low`."""
+    if isinstance(value, jax.Array | np.ndarray):
+        raise TypeError(
+            f"`{name}` must be a Python integer >= {low}, not an array: it fixes the structure "
+            "of the computation. With `optax.inject_hyperparams`, list it in `static_args`. "
+            f"Received: {name}={value!r}"
+        )
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be an integer >= {low}. Received: {name}={value!r} "
+            f"of type {type(value).__name__}"
+        )
+    if value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}. Received: {name}={value!r}")

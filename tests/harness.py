@@ -1,0 +1,112 @@
+"""Shared test machinery: random trees and step-by-step runners for adamx and for Keras."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax
+import keras
+import numpy as np
+import optax
+
+if keras.backend.backend() != "jax":
+    raise RuntimeError("The Keras oracle must run on the JAX backend: set KERAS_BACKEND=jax.")
+
+# A dict pytree with a matrix, a vector, a scalar and a nested level. Leaf order is
+# jax's (sorted keys): dense/bias, dense/kernel, embedding, scale.
+SHAPES: dict[str, Any] = {
+    "dense": {"kernel": (3, 4), "bias": (4,)},
+    "embedding": (5, 2),
+    "scale": (),
+}
+
+
+def random_params(seed: int, shapes: Any = None, dtype: Any = np.float32) -> Any:
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda shape: rng.normal(size=shape).astype(dtype),
+        shapes or SHAPES,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def random_grads(seed: int, steps: int, like: Any, scale: float = 1.0) -> list[Any]:
+    rng = np.random.default_rng(seed + 10_000)
+    return [
+        jax.tree.map(lambda p: (scale * rng.normal(size=p.shape)).astype(p.dtype), like)
+        for _ in range(steps)
+    ]
+
+
+def short_names(tree: Any) -> list[str]:
+    """Keras's variable `name` for each leaf: the last key of its path."""
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [jax.tree_util.keystr(path[-1:], simple=True) for path, _ in paths]
+
+
+def run_adamx(
+    tx: optax.GradientTransformation, params: Any, grads: Sequence[Any], jit: bool = True
+) -> tuple[Any, Any]:
+    def step(params: Any, state: Any, g: Any) -> tuple[Any, Any]:
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = jax.tree.map(np.asarray, params)
+    mode = contextlib.nullcontext() if jit else jax.disable_jit()
+    with mode:
+        step_fn = jax.jit(step) if jit else step
+        state = tx.init(params)
+        for g in grads:
+            params, state = step_fn(params, state, g)
+    return jax.tree.map(np.asarray, params), state
+
+
+class KerasRun:
+    """The result of a Keras run: final parameters (as a tree) and the optimizer's variables."""
+
+    def __init__(self, optimizer: Any, tree: Any, values: list[Any], opt_values: list[Any]):
+        self.optimizer, self._opt_values = optimizer, opt_values
+        self.params = jax.tree.unflatten(jax.tree.structure(tree), [np.asarray(v) for v in values])
+        self._tree = tree
+
+    def slot(self, variables: Sequence[Any]) -> Any:
+        """Values of optimizer variables (for example `_momentums`), as a tree like params."""
+        index = {id(v): i for i, v in enumerate(self.optimizer.variables)}
+        values = [np.asarray(self._opt_values[index[id(v)]]) for v in variables]
+        return jax.tree.unflatten(jax.tree.structure(self._tree), values)
+
+    def scalar(self, variable: Any) -> np.ndarray:
+        index = next(i for i, v in enumerate(self.optimizer.variables) if v is variable)
+        return np.asarray(self._opt_values[index])
+
+
+def run_keras(
+    optimizer: Any,
+    params: Any,
+    grads: Sequence[Any],
+    jit: bool = True,
+    exclude_names: Sequence[str] | None = None,
+) -> KerasRun:
+    """Runs Keras's `stateless_apply` (what `fit` uses) call by call, jitted or op by op."""
+    names = short_names(params)
+    variables = [
+        keras.Variable(np.asarray(leaf), name=name)
+        for leaf, name in zip(jax.tree.leaves(params), names, strict=True)
+    ]
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if exclude_names is not None:
+        inner.exclude_from_weight_decay(var_names=list(exclude_names))
+    optimizer.build(variables)
+    opt_values = [v.value for v in optimizer.variables]
+    values = [v.value for v in variables]
+    mode = contextlib.nullcontext() if jit else jax.disable_jit()
+    with mode:
+        apply = jax.jit(optimizer.stateless_apply) if jit else optimizer.stateless_apply
+        for g in grads:
+            values, opt_values = apply(opt_values, jax.tree.leaves(g), values)
+    return KerasRun(optimizer, params, list(values), list(opt_values))

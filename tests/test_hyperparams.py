@@ -1,0 +1,122 @@
+"""Learning-rate forms: numbers, optax schedules, Keras schedules, zero-argument callables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import optax
+import pytest
+
+import adamx
+
+schedules = keras.optimizers.schedules
+
+
+# Rates read back from jitted updates against the schedule called eagerly: XLA evaluates
+# `x / c` as `x * (1/c)` when compiled, so the two agree to 2 ulp, not bit for bit.
+COMPILED_VS_EAGER_RTOL = 2.5e-7
+
+
+def _rates_read_back(tx: optax.GradientTransformation, steps: int) -> list[float]:
+    """current_learning_rate before each of `steps` jitted updates."""
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    rates = []
+    for _ in range(steps):
+        rates.append(float(adamx.current_learning_rate(state)))
+        _, state = update({"w": jnp.ones(3)}, state, params)
+    return rates
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        schedules.ExponentialDecay(0.1, 3, 0.5),
+        schedules.ExponentialDecay(0.1, 3, 0.5, staircase=True),
+        schedules.PiecewiseConstantDecay([2, 5], [0.1, 0.05, 0.01]),
+        schedules.PolynomialDecay(0.1, 8, 0.01, power=2.0),
+        schedules.InverseTimeDecay(0.1, 2, 0.3),
+        schedules.CosineDecay(0.01, 10, warmup_target=0.1, warmup_steps=3),
+        schedules.CosineDecayRestarts(0.1, 4),
+    ],
+    ids=lambda s: type(s).__name__,
+)
+def test_keras_schedules_are_read_at_keras_counter(schedule: Any) -> None:
+    expected = [float(schedule(step)) for step in range(10)]
+    rates = _rates_read_back(adamx.adam(schedule), 10)
+    np.testing.assert_allclose(rates, expected, rtol=COMPILED_VS_EAGER_RTOL)
+
+
+def test_optax_schedule_and_float() -> None:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 3, 10)
+    expected = [float(schedule(step)) for step in range(10)]
+    rates = _rates_read_back(adamx.adam(schedule), 10)
+    # 1 - cos(...) cancels near the end: compare to 2 ulp of the peak rate.
+    np.testing.assert_allclose(rates, expected, rtol=0, atol=COMPILED_VS_EAGER_RTOL * 0.1)
+    assert _rates_read_back(adamx.adam(0.1), 2) == [float(np.float32(0.1))] * 2
+
+
+def test_accumulation_reads_the_schedule_at_the_raw_counter() -> None:
+    # With N = 3, real update k (1-based) happens on call 3k, where Keras's counter is 3k - 1.
+    schedule = optax.exponential_decay(0.1, 1, 0.5)
+    tx = adamx.adam(schedule, gradient_accumulation_steps=3)
+    rates = _rates_read_back(tx, 7)
+    expected_next_update = (
+        [float(schedule(2))] * 3 + [float(schedule(5))] * 3 + [float(schedule(8))]
+    )
+    np.testing.assert_allclose(rates, expected_next_update, rtol=COMPILED_VS_EAGER_RTOL)
+
+
+def test_zero_argument_callable_is_called_each_step_eagerly_and_frozen_under_jit() -> None:
+    box = {"rate": 0.1}
+    tx = adamx.adam(lambda: box["rate"])
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.ones(2)}, state, params)
+    box["rate"] = 0.2
+    eager_step, _ = tx.update({"w": jnp.ones(2)}, state, params)
+    jitted = jax.jit(tx.update)
+    jitted({"w": jnp.ones(2)}, state, params)  # traced with 0.2
+    box["rate"] = 0.4
+    frozen_step, _ = jitted({"w": jnp.ones(2)}, state, params)
+    np.testing.assert_array_equal(frozen_step["w"], eager_step["w"])  # Keras freezes it too
+
+
+# Injected as arrays, betas would have `1 - beta` rounded in float32 (Keras does the same with
+# array betas); keeping them static keeps Keras's bits.
+STATIC = ("beta_1", "beta_2", "epsilon", "ema_momentum")
+
+
+def test_inject_hyperparams_changes_the_rate_without_recompiling() -> None:
+    tx = optax.inject_hyperparams(adamx.adam, static_args=STATIC)(learning_rate=0.1)
+    params = {"w": jnp.array([1.0, -1.0])}
+    grads = {"w": jnp.array([0.3, -2.0])}
+    state = tx.init(params)
+    traces = []
+
+    @jax.jit
+    def step(state: Any) -> tuple[Any, Any]:
+        traces.append(None)
+        return tx.update(grads, state, params)
+
+    first, state = step(state)
+    assert float(adamx.current_learning_rate(state)) == pytest.approx(0.1)
+    state.hyperparams["learning_rate"] = jnp.asarray(0.05, jnp.float32)
+    second, state = step(state)
+    assert len(traces) == 1
+    assert float(adamx.current_learning_rate(state)) == pytest.approx(0.05)
+
+    # The oracle: Keras with the rate changed between the two calls.
+    variable = keras.Variable(np.asarray(params["w"]), name="w")
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.apply_gradients([(np.asarray(grads["w"]), variable)])
+    after_first = np.asarray(variable.value)
+    optimizer.learning_rate = 0.05
+    optimizer.apply_gradients([(np.asarray(grads["w"]), variable)])
+    np.testing.assert_array_equal(params["w"] + first["w"], after_first)
+    np.testing.assert_array_equal(after_first + second["w"], np.asarray(variable.value))
