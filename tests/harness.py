@@ -71,6 +71,7 @@ class KerasRun:
 
     def __init__(self, optimizer: Any, tree: Any, values: list[Any], opt_values: list[Any]):
         self.optimizer, self._opt_values = optimizer, opt_values
+        self.history: list[np.ndarray] = []
         self.params = jax.tree.unflatten(jax.tree.structure(tree), [np.asarray(v) for v in values])
         self._tree = tree
 
@@ -91,8 +92,12 @@ def run_keras(
     grads: Sequence[Any],
     jit: bool = True,
     exclude_names: Sequence[str] | None = None,
+    record: str | None = None,
 ) -> KerasRun:
-    """Runs Keras's `stateless_apply` (what `fit` uses) call by call, jitted or op by op."""
+    """Runs Keras's `stateless_apply` (what `fit` uses) call by call, jitted or op by op.
+
+    `record` names an optimizer attribute (a variable, for example `"dynamic_scale"`) whose
+    value after every call is kept in `.history`."""
     names = short_names(params)
     variables = [
         keras.Variable(np.asarray(leaf), name=name)
@@ -107,6 +112,13 @@ def run_keras(
     mode = contextlib.nullcontext() if jit else jax.disable_jit()
     with mode:
         apply = jax.jit(optimizer.stateless_apply) if jit else optimizer.stateless_apply
+        history = []
         for g in grads:
             values, opt_values = apply(opt_values, jax.tree.leaves(g), values)
-    return KerasRun(optimizer, params, list(values), list(opt_values))
+            if record is not None:
+                variable = getattr(optimizer, record)
+                index = next(i for i, v in enumerate(optimizer.variables) if v is variable)
+                history.append(np.asarray(opt_values[index]))
+    run = KerasRun(optimizer, params, list(values), list(opt_values))
+    run.history = history
+    return run
