@@ -12,6 +12,7 @@ from adamx._loss_scale import (
     scale_loss,
     unscale_gradients,
 )
+from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import ScaleByKerasAdamState, scale_by_keras_adam
 from adamx._state import current_learning_rate, iterations
 from adamx._weight_decay import (
@@ -49,5 +50,6 @@ __all__ = [
     "loss_scale_optimizer",
     "scale_by_keras_adam",
     "scale_loss",
+    "skip_missing_gradients",
     "unscale_gradients",
 ]

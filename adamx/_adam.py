@@ -12,6 +12,7 @@ from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamx._ema import ema_of_params
 from adamx._hyperparams import LearningRate, at_keras_step, learning_rate_schedule
 from adamx._loss_scale import unscale_gradients
+from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import (
     ScaleByKerasAdamState,
     check_beta,
@@ -89,10 +90,16 @@ def _checked_and_named(
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.OptState]:
         if params is not None:
-            check_same_structure("updates", updates, "params", params)
+            check_same_structure("updates", updates, "params", params, none_is_leaf=True)
         adam_state = find_state(state, ScaleByKerasAdamState)
         if adam_state is not None:
-            check_same_structure("updates", updates, "the optimizer state's moments", adam_state.nu)
+            check_same_structure(
+                "updates",
+                updates,
+                "the optimizer state's moments",
+                adam_state.nu,
+                none_is_leaf=True,
+            )
         with jax.named_scope(name):
             return tx.update(updates, state, params, **extra_args)
 
@@ -132,6 +139,7 @@ def adam(
     One call runs Keras's recipe, in Keras's order::
 
         g <- g / loss_scale_factor                     unscale_gradients
+        drop parameters whose gradient is None         skip_missing_gradients
         sum N calls, continue with the mean            accumulate_gradients (optax.MultiSteps)
           g <- clip(g)                                 clip_by_norm | _by_value | _by_global_norm
           m, v, step = (m*alpha) / (sqrt(v) + eps)     scale_by_keras_adam (lr inside alpha)
@@ -192,9 +200,8 @@ def adam(
     if loss_scale_factor is not None:
         steps.append(unscale_gradients(loss_scale_factor))
     if gradient_accumulation_steps is not None:
-        steps.append(accumulate_gradients(real_update, gradient_accumulation_steps))
-    else:
-        steps.append(real_update)
+        real_update = accumulate_gradients(real_update, gradient_accumulation_steps)
+    steps.append(skip_missing_gradients(real_update))
     if use_ema:
         steps.append(
             ema_of_params(

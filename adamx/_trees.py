@@ -14,9 +14,15 @@ def path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
-def check_same_structure(name: str, tree: Any, reference_name: str, reference: Any) -> None:
-    """Raises a ValueError naming both trees if their structures differ (at trace time)."""
-    structure: Any = jax.tree.structure(tree)
+def check_same_structure(
+    name: str, tree: Any, reference_name: str, reference: Any, *, none_is_leaf: bool = False
+) -> None:
+    """Raises a ValueError naming both trees if their structures differ (at trace time).
+
+    With `none_is_leaf`, a None in `tree` stands for a leaf (a missing gradient)."""
+    structure: Any = jax.tree.structure(
+        tree, is_leaf=(lambda x: x is None) if none_is_leaf else None
+    )
     reference_structure: Any = jax.tree.structure(reference)
     if structure != reference_structure:
         raise ValueError(

@@ -114,7 +114,8 @@ def run_keras(
         apply = jax.jit(optimizer.stateless_apply) if jit else optimizer.stateless_apply
         history = []
         for g in grads:
-            values, opt_values = apply(opt_values, jax.tree.leaves(g), values)
+            leaves = jax.tree.leaves(g, is_leaf=lambda x: x is None)  # None: no gradient
+            values, opt_values = apply(opt_values, leaves, values)
             if record is not None:
                 variable = getattr(optimizer, record)
                 index = next(i for i, v in enumerate(optimizer.variables) if v is variable)

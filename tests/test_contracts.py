@@ -29,6 +29,7 @@ FACTORIES: dict[str, Callable[[], optax.GradientTransformation]] = {
     "unscale_gradients": lambda: adamx.unscale_gradients(8.0),
     "accumulate_gradients": lambda: adamx.accumulate_gradients(adamx.adam(), 2),
     "loss_scale_optimizer": lambda: adamx.loss_scale_optimizer(adamx.adam(), 8.0, 2),
+    "skip_missing_gradients": lambda: adamx.skip_missing_gradients(adamx.scale_by_keras_adam()),
     "adam": lambda: adamx.adam(),
     "adam/everything": lambda: adamx.adam(
         optax.linear_schedule(0.01, 0.001, 10),
