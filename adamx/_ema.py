@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._state import find_state
 from adamx._trees import check_same_structure, compute_dtype
 from adamx._validation import check_int, check_real
 
@@ -91,19 +92,13 @@ def ema_of_params(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _ema_state(state: Any) -> ParamsEmaState | None:
-    from adamx._state import find_state
-
-    return find_state(state, ParamsEmaState)
-
-
 def ema_params(state: Any) -> optax.Params:
     """The EMA of the parameters held in an optimizer state, for evaluation.
 
     Non-destructive: the training parameters and the state are left as they are. Raises a
     ValueError if the state has no EMA (build the optimizer with `use_ema=True`).
     """
-    ema = _ema_state(state)
+    ema = find_state(state, ParamsEmaState)
     if ema is None:
         raise ValueError("This optimizer state holds no EMA: build it with `use_ema=True`.")
     return ema.average
@@ -116,7 +111,7 @@ def finalize_variable_values(params: optax.Params, state: Any) -> optax.Params:
     parameters to continue with are returned. Without EMA the parameters come back unchanged,
     as Keras leaves them.
     """
-    ema = _ema_state(state)
+    ema = find_state(state, ParamsEmaState)
     if ema is None:
         return params
     check_same_structure("params", params, "the optimizer state's EMA", ema.average)

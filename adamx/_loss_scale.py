@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._state import find_state
 from adamx._validation import check_int, check_real
 
 
@@ -70,11 +71,12 @@ def loss_scale_optimizer(
             skip: parameters and the inner state stay bit-identical; S <- S / 2, growth_count <- 0
 
     The scale is float32 whatever the parameters' dtype. As in Keras there is no floor or
-    ceiling: after about 165 consecutive non-finite calls from 2**15, S underflows to 0. optax
-    has no equivalent (`optax.apply_if_finite` skips steps but keeps no scale). Keras's
-    constructor sets the inner optimizer's `loss_scale_factor` to None; do not combine this
-    wrapper with `adam(loss_scale_factor=...)` (`adamx.adam` rejects that combination only if you
-    pass both to it, so the caller owns this).
+    ceiling: from 2**15, S reaches 0 after 142 consecutive non-finite calls on XLA:CPU, which
+    flushes float32 subnormals (Keras gives the same). optax has no equivalent
+    (`optax.apply_if_finite` skips steps but keeps no scale). Keras's constructor silently
+    sets the inner optimizer's `loss_scale_factor` to None; here an inner optimizer with a
+    static `loss_scale_factor` is a ValueError at `init`, since its gradients would be unscaled
+    twice.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -89,10 +91,16 @@ def loss_scale_optimizer(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> DynamicLossScaleState:
+        inner_state = inner.init(params)
+        if find_state(inner_state, StaticLossScaleState) is not None:
+            raise ValueError(
+                "loss_scale_optimizer wraps an optimizer that has a static `loss_scale_factor`; "
+                "build the inner optimizer without it (Keras drops it silently)."
+            )
         return DynamicLossScaleState(
             loss_scale=jnp.asarray(initial_scale, jnp.float32),
             growth_count=jnp.zeros([], jnp.int32),
-            inner_state=inner.init(params),
+            inner_state=inner_state,
         )
 
     def update_fn(
@@ -126,8 +134,6 @@ def scale_loss(loss: jax.typing.ArrayLike, state: Any) -> jax.Array:
     neither, returns the loss unchanged. The product is computed as Keras does, `loss * S` with
     `S` float32, so a float16/bfloat16 loss is promoted to float32 before scaling.
     """
-    from adamx._state import find_state
-
     dynamic = find_state(state, DynamicLossScaleState)
     if dynamic is not None:
         return jnp.asarray(loss) * dynamic.loss_scale

@@ -21,9 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import keras
 import numpy as np
 import pytest
-from harness import random_grads, random_params
+from harness import KerasRun, random_grads, random_params, run_adamx, run_keras
+
+import adamx
 
 KERAS_MOVEMENT_RTOL = 2.2e-4
 REFERENCE_RTOL = 2e-5
@@ -57,6 +60,33 @@ def assert_close_to_reference(actual: Any, reference_leaves: list[np.ndarray]) -
 def assert_bit_equal(actual: Any, expected: Any) -> None:
     for x, y in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def check_against_keras(
+    kwargs: dict[str, Any],
+    params: Any,
+    grads: list[Any],
+    *,
+    jit: bool = True,
+    keras_kwargs: dict[str, Any] | None = None,
+    exclude: list[str] | None = None,
+) -> tuple[Any, Any, KerasRun]:
+    """Runs `adamx.adam(**kwargs)` and Keras's `Adam` on the same inputs and compares the
+    parameters (and the EMA, if on): jitted within tolerance, op by op bit for bit."""
+    ours, state = run_adamx(adamx.adam(**kwargs), params, grads, jit=jit)
+    optimizer = keras.optimizers.Adam(**(kwargs if keras_kwargs is None else keras_kwargs))
+    theirs = run_keras(optimizer, params, grads, jit=jit, exclude_names=exclude)
+
+    def compare(actual: Any, expected: Any) -> None:
+        if jit:
+            assert_close_to_keras(actual, expected, params)
+        else:
+            assert_bit_equal(actual, expected)
+
+    compare(ours, theirs.params)
+    if kwargs.get("use_ema"):
+        compare(adamx.ema_params(state), theirs.slot(optimizer._model_variables_moving_average))
+    return ours, state, theirs
 
 
 @pytest.fixture

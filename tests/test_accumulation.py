@@ -14,12 +14,11 @@ import pytest
 import reference
 from conftest import (
     KERAS_MOVEMENT_RTOL,
-    assert_bit_equal,
-    assert_close_to_keras,
     assert_close_to_reference,
+    check_against_keras,
     max_abs_diff,
 )
-from harness import random_grads, random_params, run_adamx, run_keras
+from harness import random_grads, random_params, run_adamx
 
 import adamx
 
@@ -55,25 +54,15 @@ CASES: dict[str, dict[str, Any]] = {
 def test_matches_keras_over_200_jitted_calls(name: str) -> None:
     kwargs = CASES[name]
     params = random_params(7)
-    grads = random_grads(7, 200, params)
-    ours, state = run_adamx(adamx.adam(**kwargs), params, grads)
-    theirs = run_keras(keras.optimizers.Adam(**kwargs), params, grads)
-    assert_close_to_keras(ours, theirs.params, params)
-    if kwargs.get("use_ema"):
-        average = theirs.slot(theirs.optimizer._model_variables_moving_average)
-        assert_close_to_keras(adamx.ema_params(state), average, params)
+    _, state, theirs = check_against_keras(kwargs, params, random_grads(7, 200, params))
     raw = int(theirs.scalar(theirs.optimizer._iterations))
     assert int(adamx.iterations(state)) == raw // kwargs["gradient_accumulation_steps"]
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bit_identical_to_keras_op_by_op(name: str) -> None:
-    kwargs = CASES[name]
     params = random_params(8)
-    grads = random_grads(8, 13, params)
-    ours, _ = run_adamx(adamx.adam(**kwargs), params, grads, jit=False)
-    theirs = run_keras(keras.optimizers.Adam(**kwargs), params, grads, jit=False)
-    assert_bit_equal(ours, theirs.params)
+    check_against_keras(CASES[name], params, random_grads(8, 13, params), jit=False)
 
 
 def test_micro_batches_equal_one_large_batch() -> None:

@@ -149,6 +149,12 @@ def test_accumulator_holds_unscaled_gradients() -> None:
     np.testing.assert_array_equal(multi_steps.acc_grads, [3.0, 4.0])
 
 
+def test_static_factor_inside_dynamic_scaling_is_an_error() -> None:
+    tx = adamx.loss_scale_optimizer(adamx.adam(loss_scale_factor=4.0))
+    with pytest.raises(ValueError, match="static `loss_scale_factor`"):
+        tx.init(jnp.zeros(2))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
