@@ -9,9 +9,17 @@ import jax
 import jax.numpy as jnp
 
 
+def _key_name(key: Any) -> str:
+    # DictKey.key, GetAttrKey.name, SequenceKey.idx, FlattenedIndexKey.key
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
 def path_str(path: tuple[Any, ...]) -> str:
     """`(DictKey('dense'), DictKey('bias'))` -> `'dense/bias'`."""
-    return jax.tree_util.keystr(path, simple=True, separator="/")
+    return "/".join(_key_name(key) for key in path)
 
 
 def check_same_structure(

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import optax
 
+from adamx._trees import path_str
+
 if keras.backend.backend() != "jax":
     raise RuntimeError("The Keras oracle must run on the JAX backend: set KERAS_BACKEND=jax.")
 
@@ -46,7 +48,7 @@ def random_grads(seed: int, steps: int, like: Any, scale: float = 1.0) -> list[A
 def short_names(tree: Any) -> list[str]:
     """Keras's variable `name` for each leaf: the last key of its path."""
     paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [jax.tree_util.keystr(path[-1:], simple=True) for path, _ in paths]
+    return [path_str(path[-1:]) for path, _ in paths]
 
 
 def run_adamx(

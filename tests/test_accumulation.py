@@ -14,11 +14,12 @@ import pytest
 import reference
 from conftest import (
     KERAS_MOVEMENT_RTOL,
+    assert_bit_equal,
     assert_close_to_reference,
     check_against_keras,
     max_abs_diff,
 )
-from harness import random_grads, random_params, run_adamx
+from harness import random_grads, random_params, run_adamx, run_keras
 
 import adamx
 
@@ -127,6 +128,19 @@ def test_every_feature_combination_matches_the_reference(combination: dict[str, 
         assert_close_to_reference(adamx.ema_params(state), expected.average)
     steps = combination.get("gradient_accumulation_steps", 1)
     assert int(adamx.iterations(state)) == expected.iteration // steps
+
+
+def test_non_finite_micro_step_waits_for_the_update_like_keras() -> None:
+    params = {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)}
+    ones = {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)}
+    grads = [{"a": np.array([np.inf, 1.0], np.float32), "b": ones["b"]}, ones, ones, ones]
+    kwargs = {"learning_rate": 0.1, "gradient_accumulation_steps": 3, "use_ema": True}
+    for jit in (False, True):  # before the update, both leave the parameters exactly as they were
+        ours, _ = run_adamx(adamx.adam(**kwargs), params, grads[:2], jit=jit)
+        theirs = run_keras(keras.optimizers.Adam(**kwargs), params, grads[:2], jit=jit)
+        assert_bit_equal(ours, params)
+        assert_bit_equal(theirs.params, params)
+    check_against_keras(kwargs, params, grads, jit=False)  # then nan where the inf was
 
 
 def test_accumulation_changes_nothing_on_micro_steps() -> None:
