@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._trees import compute_dtype
 from adamx._validation import check_int
 
 
@@ -21,16 +22,19 @@ def accumulate_gradients(
     `inner`'s state is kept, so anything inside (clipping, weight decay, Adam's bias correction)
     sees only real updates.
 
-    This is `optax.MultiSteps(chain(divide by N, inner), N, use_grad_mean=False)`: Keras sums
-    then divides, while MultiSteps' default running (Welford) mean gives other bits. The
-    division is written as Keras writes it, inside a `lax.cond` like Keras's, so XLA runs it the
-    same way (compiled, `x / N` becomes `x * (1/N)`; `optax.scale(1/N)` would always multiply).
-    MultiSteps zeroes micro-step updates by multiplying by 0, which lets a non-finite update
-    through (`0 * nan = nan`); here they are selected away, as Keras's `lax.cond` does, so
-    parameters stay put until the real update.
-    Keras rules that read the raw call counter are not MultiSteps' business: `adamx.adam`
-    re-indexes the learning-rate schedule (`at_keras_step`) and gives the EMA, which runs on
-    every call, `steps_per_update=N`. The accumulator is float32.
+    Built on `optax.MultiSteps(chain(divide by N, inner), N, use_grad_mean=False)`, composed
+    around rather than forked:
+
+    - Keras sums then divides; MultiSteps' default running (Welford) mean gives other bits. The
+      division is written as Keras writes it, inside a `lax.cond` as in Keras, so XLA runs it
+      the same way (compiled, `x / N` becomes `x * (1/N)`; `optax.scale(1/N)` always multiplies).
+    - MultiSteps zeroes micro-step updates by multiplying by 0, which lets a non-finite update
+      through (`0 * nan = nan`); they are selected away instead, as Keras's `lax.cond` does.
+    - The accumulator is float32, or float64 if a parameter is. Keras accumulates in each
+      parameter's dtype; float32 keeps float16/bfloat16 sums from losing their small terms.
+    - Keras rules that read the raw call counter are not MultiSteps' business: `adamx.adam`
+      re-indexes the learning-rate schedule (`at_keras_step`) and gives the EMA, which runs on
+      every call, `steps_per_update=N`.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -46,9 +50,23 @@ def accumulate_gradients(
         lambda updates, params: jax.tree.map(lambda g: g / gradient_accumulation_steps, updates)
     )
     average_then_inner = optax.chain(mean, inner)
-    multi_steps = optax.MultiSteps(
-        average_then_inner, gradient_accumulation_steps, use_grad_mean=False
-    )
+
+    def multi_steps(tree: Any) -> optax.MultiSteps:
+        dtype = compute_dtype(*(leaf.dtype for leaf in jax.tree.leaves(tree)))
+        try:
+            return optax.MultiSteps(
+                average_then_inner,
+                gradient_accumulation_steps,
+                use_grad_mean=False,
+                accumulator_dtype=dtype,
+            )
+        except TypeError:  # optax < 0.2.6 accumulates in the parameters' dtype
+            return optax.MultiSteps(
+                average_then_inner, gradient_accumulation_steps, use_grad_mean=False
+            )
+
+    def init_fn(params: optax.Params) -> optax.MultiStepsState:
+        return multi_steps(params).init(params)
 
     def update_fn(
         updates: optax.Updates,
@@ -56,8 +74,9 @@ def accumulate_gradients(
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.MultiStepsState]:
-        updates, state = multi_steps.update(updates, state, params, **extra_args)
+        wrapper = multi_steps(state.acc_grads)
+        updates, state = wrapper.update(updates, state, params, **extra_args)
         emitted = state.mini_step == 0
         return jax.tree.map(lambda u: jnp.where(emitted, u, jnp.zeros_like(u)), updates), state
 
-    return optax.GradientTransformationExtraArgs(multi_steps.init, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
