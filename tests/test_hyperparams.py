@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import optax
 import pytest
+from conftest import assert_close_to_keras
+from harness import run_adamx, run_keras
 
 import adamx
 
@@ -120,3 +122,29 @@ def test_inject_hyperparams_changes_the_rate_without_recompiling() -> None:
     optimizer.apply_gradients([(np.asarray(grads["w"]), variable)])
     np.testing.assert_array_equal(params["w"] + first["w"], after_first)
     np.testing.assert_array_equal(after_first + second["w"], np.asarray(variable.value))
+
+
+def test_plain_inject_hyperparams_works_close_to_keras(params: Any, grads: list[Any]) -> None:
+    """The literal `optax.inject_hyperparams(adamx.adam)(learning_rate=...)`: every number is
+    injected, so betas are float32 arrays and `1 - beta` rounds in float32, as Keras does for
+    array betas; the result stays within the Keras tolerance of Keras with float betas."""
+    tx = optax.inject_hyperparams(adamx.adam)(learning_rate=0.01)
+    ours, state = run_adamx(tx, params, grads)
+    theirs = run_keras(keras.optimizers.Adam(0.01), params, grads)
+    assert_close_to_keras(ours, theirs.params, params)
+    assert float(adamx.current_learning_rate(state)) == pytest.approx(0.01)
+
+
+def test_update_without_params_when_nothing_needs_them() -> None:
+    tx = adamx.adam(0.1, amsgrad=True, global_clipnorm=1.0, gradient_accumulation_steps=2)
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = jax.jit(tx.update)({"w": jnp.array([0.5, -0.5])}, state)
+    # First Adam step in closed form, with the spec's rounding of hyper-parameters: betas are
+    # rounded to float32 before the power, `1 - beta` is rounded after a double subtraction.
+    f32 = np.float32
+    m, root_v = float(f32(0.1)) * 0.5, np.sqrt(float(f32(0.001)) * 0.25)
+    alpha = float(f32(0.1)) * np.sqrt(1 - float(f32(0.999))) / (1 - float(f32(0.9)))
+    expected = m * alpha / (root_v + float(f32(1e-7)))
+    np.testing.assert_allclose(updates["w"], [-expected, expected], rtol=1e-6)
