@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -10,6 +11,10 @@ import optax
 
 from adamx._trees import compute_dtype
 from adamx._validation import check_int
+
+_MULTI_STEPS_HAS_ACCUMULATOR_DTYPE = (
+    "accumulator_dtype" in inspect.signature(optax.MultiSteps).parameters
+)
 
 
 def accumulate_gradients(
@@ -52,18 +57,13 @@ def accumulate_gradients(
     average_then_inner = optax.chain(mean, inner)
 
     def multi_steps(tree: Any) -> optax.MultiSteps:
-        dtype = compute_dtype(*(leaf.dtype for leaf in jax.tree.leaves(tree)))
-        try:
-            return optax.MultiSteps(
-                average_then_inner,
-                gradient_accumulation_steps,
-                use_grad_mean=False,
-                accumulator_dtype=dtype,
-            )
-        except TypeError:  # optax < 0.2.6 accumulates in the parameters' dtype
-            return optax.MultiSteps(
-                average_then_inner, gradient_accumulation_steps, use_grad_mean=False
-            )
+        # Older optax has no `accumulator_dtype` and accumulates in the parameters' dtype.
+        dtype = {}
+        if _MULTI_STEPS_HAS_ACCUMULATOR_DTYPE:
+            dtype["accumulator_dtype"] = compute_dtype(*(x.dtype for x in jax.tree.leaves(tree)))
+        return optax.MultiSteps(
+            average_then_inner, gradient_accumulation_steps, use_grad_mean=False, **dtype
+        )
 
     def init_fn(params: optax.Params) -> optax.MultiStepsState:
         return multi_steps(params).init(params)

@@ -19,19 +19,16 @@ def _is_none(x: Any) -> bool:
 def _keep_missing(new: Any, old: Any, present: Any, params_def: Any) -> Any:
     """Per-parameter state subtrees (shaped like params) keep their old leaves where the
     gradient is missing; everything else (counters, scalars) takes its new value."""
-    if jax.tree.structure(new) == params_def:
-        return jax.tree.map(lambda n, o, keep: n if keep else o, new, old, present)
-    if isinstance(new, tuple) and hasattr(new, "_fields"):
-        return type(new)(
-            *(_keep_missing(n, o, present, params_def) for n, o in zip(new, old, strict=True))
-        )
-    if isinstance(new, list | tuple):
-        return type(new)(
-            _keep_missing(n, o, present, params_def) for n, o in zip(new, old, strict=True)
-        )
-    if isinstance(new, dict):
-        return {k: _keep_missing(new[k], old[k], present, params_def) for k in new}
-    return new
+
+    def shaped_like_params(node: Any) -> bool:
+        return jax.tree.structure(node) == params_def
+
+    def select(n: Any, o: Any) -> Any:
+        if not shaped_like_params(n):
+            return n
+        return jax.tree.map(lambda nl, ol, keep: nl if keep else ol, n, o, present)
+
+    return jax.tree.map(select, new, old, is_leaf=shaped_like_params)
 
 
 def skip_missing_gradients(

@@ -71,9 +71,15 @@ def run_adamx(
 class KerasRun:
     """The result of a Keras run: final parameters (as a tree) and the optimizer's variables."""
 
-    def __init__(self, optimizer: Any, tree: Any, values: list[Any], opt_values: list[Any]):
-        self.optimizer, self._opt_values = optimizer, opt_values
-        self.history: list[np.ndarray] = []
+    def __init__(
+        self,
+        optimizer: Any,
+        tree: Any,
+        values: list[Any],
+        opt_values: list[Any],
+        history: list[np.ndarray],
+    ):
+        self.optimizer, self._opt_values, self.history = optimizer, opt_values, history
         self.params = jax.tree.unflatten(jax.tree.structure(tree), [np.asarray(v) for v in values])
         self._tree = tree
 
@@ -122,6 +128,4 @@ def run_keras(
                 variable = getattr(optimizer, record)
                 index = next(i for i, v in enumerate(optimizer.variables) if v is variable)
                 history.append(np.asarray(opt_values[index]))
-    run = KerasRun(optimizer, params, list(values), list(opt_values))
-    run.history = history
-    return run
+    return KerasRun(optimizer, params, list(values), list(opt_values), history)
