@@ -14,6 +14,7 @@ from adamx._loss_scale import (
 )
 from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import ScaleByKerasAdamState, scale_by_keras_adam
+from adamx._sharding import state_shardings
 from adamx._state import current_learning_rate, iterations
 from adamx._weight_decay import (
     DecoupledWeightDecayState,
@@ -51,5 +52,6 @@ __all__ = [
     "scale_by_keras_adam",
     "scale_loss",
     "skip_missing_gradients",
+    "state_shardings",
     "unscale_gradients",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from adamx._validation import check_real
 
@@ -41,7 +41,9 @@ def learning_rate_schedule(learning_rate: LearningRate) -> Schedule:
         zero_argument = learning_rate
         return lambda count: zero_argument()
     check_real("learning_rate", learning_rate, low=0.0)
-    rate = jnp.asarray(learning_rate, jnp.float32)
+    if isinstance(learning_rate, jax.Array):  # for example injected by optax.inject_hyperparams
+        return lambda count: learning_rate
+    rate = np.float32(learning_rate)  # not a device array: donating a state must not delete it
     return lambda count: rate
 
 

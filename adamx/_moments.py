@@ -102,7 +102,8 @@ def scale_by_keras_adam(
     schedule = learning_rate_schedule(learning_rate)
 
     def rate(count: jax.Array) -> jax.Array:
-        return jnp.asarray(schedule(count), jnp.float32)
+        # A copy: a schedule may return an array it keeps, and states get donated.
+        return jnp.array(schedule(count), jnp.float32)
 
     def init_fn(params: optax.Params) -> ScaleByKerasAdamState:
         check_floating(params)

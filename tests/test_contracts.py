@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -103,6 +104,21 @@ def test_state_is_arrays_and_survives_cond_and_flatten(name: str) -> None:
     chosen = jax.lax.cond(jnp.asarray(True), lambda: later, lambda: initial)
     for x, y in zip(jax.tree.leaves(chosen), jax.tree.leaves(later), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_donated_state_leaves_the_transformation_reusable(name: str) -> None:
+    """A donated state must own its buffers: init again, and step again, after donating one."""
+    tx = FACTORIES[name]()
+    params = _params(jnp.float32)
+
+    @functools.partial(jax.jit, donate_argnums=1)
+    def step(params: Any, state: Any, grads: Any) -> Any:
+        return tx.update(grads, state, params)[1]
+
+    for seed in range(2):
+        state = step(params, tx.init(params), _grads(params, seed))
+        assert all(not leaf.is_deleted() for leaf in jax.tree.leaves(state))
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import assert_close_to_keras
-from harness import run_adamx, run_keras
+from harness import random_grads, run_adamx, run_keras
 
 import adamx
 
@@ -148,3 +148,61 @@ def test_update_without_params_when_nothing_needs_them() -> None:
     alpha = float(f32(0.1)) * np.sqrt(1 - float(f32(0.999))) / (1 - float(f32(0.9)))
     expected = m * alpha / (root_v + float(f32(1e-7)))
     np.testing.assert_allclose(updates["w"], [-expected, expected], rtol=1e-6)
+
+
+class _OptaxInKeras(schedules.LearningRateSchedule):  # type: ignore[misc]
+    """How a Keras user runs an optax schedule: wrapped as a Keras schedule."""
+
+    def __init__(self, schedule: optax.Schedule) -> None:
+        self.schedule = schedule
+
+    def __call__(self, step: Any) -> Any:
+        return self.schedule(step)
+
+
+KERAS_SCHEDULES = {
+    "ExponentialDecay": schedules.ExponentialDecay(0.02, 4, 0.6),
+    "ExponentialDecay/staircase": schedules.ExponentialDecay(0.02, 4, 0.6, staircase=True),
+    "PiecewiseConstantDecay": schedules.PiecewiseConstantDecay([3, 9], [0.02, 0.01, 0.002]),
+    "PolynomialDecay": schedules.PolynomialDecay(0.02, 10, 0.001, power=2.0),
+    "PolynomialDecay/cycle": schedules.PolynomialDecay(0.02, 5, 0.001, cycle=True),
+    "InverseTimeDecay": schedules.InverseTimeDecay(0.02, 3, 0.5),
+    "CosineDecay/warmup": schedules.CosineDecay(
+        0.001, 10, alpha=0.1, warmup_target=0.02, warmup_steps=4
+    ),
+    "CosineDecayRestarts": schedules.CosineDecayRestarts(0.02, 3, t_mul=2.0, m_mul=0.5),
+    "optax.warmup_cosine_decay_schedule": optax.warmup_cosine_decay_schedule(0.0, 0.02, 4, 14),
+    "optax.join_schedules": optax.join_schedules(
+        [optax.linear_schedule(0.0, 0.02, 5), optax.exponential_decay(0.02, 3, 0.5)], [5]
+    ),
+    "optax.piecewise_constant_schedule": optax.piecewise_constant_schedule(0.02, {4: 0.5, 10: 0.1}),
+}
+
+
+@pytest.mark.parametrize("name", list(KERAS_SCHEDULES))
+def test_rates_and_parameters_follow_keras_step_by_step(name: str, params: Any) -> None:
+    """Keras's `optimizer.learning_rate` after each step (eager Keras, the user's view) against
+    `current_learning_rate(state)` after each jitted adamx step; then the parameters."""
+    schedule = KERAS_SCHEDULES[name]
+    grads = random_grads(1, 16, params)
+    keras_schedule = (
+        schedule if callable(getattr(schedule, "get_config", None)) else (_OptaxInKeras(schedule))
+    )
+    optimizer = keras.optimizers.Adam(keras_schedule)
+    variables = [keras.Variable(np.asarray(p)) for p in jax.tree.leaves(params)]
+    tx = adamx.adam(schedule)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    keras_rates, our_rates, ours = [], [], params
+    for g in grads:
+        keras_rates.append(float(optimizer.learning_rate))
+        our_rates.append(float(adamx.current_learning_rate(state)))
+        optimizer.apply_gradients(zip(jax.tree.leaves(g), variables, strict=True))
+        updates, state = step(g, state, ours)
+        ours = optax.apply_updates(ours, updates)
+    assert len(set(keras_rates)) > 2, "the schedule did not change the rate"
+    # Cosines cancel near their ends: 2 ulp of the peak rate there.
+    atol = COMPILED_VS_EAGER_RTOL * max(keras_rates)
+    np.testing.assert_allclose(our_rates, keras_rates, rtol=COMPILED_VS_EAGER_RTOL, atol=atol)
+    theirs = jax.tree.unflatten(jax.tree.structure(params), [np.asarray(v) for v in variables])
+    assert_close_to_keras(ours, theirs, params)

@@ -1,0 +1,59 @@
+"""`state_shardings` here, and the 8-device checks in their own process (`sharded_check.py`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import adamx
+
+
+def test_state_shardings_mirror_the_state_on_one_device() -> None:
+    mesh = Mesh(np.array(jax.devices()[:1]), ("x",))
+    params = jax.device_put(
+        {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}, NamedSharding(mesh, PartitionSpec())
+    )
+    tx = adamx.adam(use_ema=True, amsgrad=True, gradient_accumulation_steps=2)
+    shardings = adamx.state_shardings(tx, params)
+    state = jax.jit(tx.init, out_shardings=shardings)(params)
+    assert jax.tree.structure(shardings) == jax.tree.structure(state)
+    for sharding, leaf in zip(jax.tree.leaves(shardings), jax.tree.leaves(state), strict=True):
+        assert isinstance(sharding, NamedSharding) and leaf.sharding == sharding
+
+
+def test_state_shardings_of_a_single_array_parameter() -> None:
+    params = jnp.ones(3)
+    shardings = adamx.state_shardings(optax.adam(1e-3), params)
+    assert all(s == params.sharding for s in jax.tree.leaves(shardings))
+
+
+def test_state_shardings_needs_placed_parameters() -> None:
+    with pytest.raises(TypeError, match="'w' has none"):
+        adamx.state_shardings(adamx.adam(), {"w": np.ones(3)})
+    with pytest.raises(ValueError, match="at least one parameter"):
+        adamx.state_shardings(adamx.adam(), {})
+
+
+def test_sharded_training_on_8_simulated_devices() -> None:
+    """State placement (printed leaf by leaf), global norms, sharded and data-parallel steps."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "sharded_check.py"],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "sharded checks ok" in result.stdout
