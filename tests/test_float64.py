@@ -32,8 +32,12 @@ SCRIPT = textwrap.dedent(
 )
 
 
+# The child imports the same adamx as this process: the checkout, not an installed copy.
+ROOT = os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])
+
+
 def test_float64_parameters_match_keras() -> None:
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT],
         cwd=Path(__file__).parent,

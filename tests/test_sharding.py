@@ -16,6 +16,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import adamx
 
+# The child imports the same adamx as this process: the checkout, not an installed copy.
+ROOT = os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])
+
 
 def test_state_shardings_mirror_the_state_on_one_device() -> None:
     mesh = Mesh(np.array(jax.devices()[:1]), ("x",))
@@ -45,7 +48,7 @@ def test_state_shardings_needs_placed_parameters() -> None:
 
 def test_sharded_training_on_8_simulated_devices() -> None:
     """State placement (printed leaf by leaf), global norms, sharded and data-parallel steps."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
     result = subprocess.run(
         [sys.executable, "sharded_check.py"],
         cwd=Path(__file__).parent,
