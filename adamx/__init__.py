@@ -5,6 +5,7 @@ from adamx._adam import adam
 from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamx._ema import ParamsEmaState, ema_of_params, ema_params, finalize_variable_values
 from adamx._hyperparams import LearningRate, Schedule
+from adamx._keras import from_keras_config, from_keras_optimizer, keras_params
 from adamx._loss_scale import (
     DynamicLossScaleState,
     StaticLossScaleState,
@@ -47,7 +48,10 @@ __all__ = [
     "ema_of_params",
     "ema_params",
     "finalize_variable_values",
+    "from_keras_config",
+    "from_keras_optimizer",
     "iterations",
+    "keras_params",
     "loss_scale_optimizer",
     "scale_by_keras_adam",
     "scale_loss",

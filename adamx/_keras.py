@@ -1,0 +1,350 @@
+"""Moving from Keras: an optimizer from a Keras config, its state from a built Keras optimizer."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adamx._adam import adam
+from adamx._ema import ParamsEmaState
+from adamx._hyperparams import at_keras_step, learning_rate_schedule
+from adamx._loss_scale import DynamicLossScaleState, loss_scale_optimizer
+from adamx._moments import ScaleByKerasAdamState
+from adamx._trees import path_str
+from adamx._weight_decay import DecoupledWeightDecayState, Exclusion
+
+_ADAM_CLASSES = ("Adam", "AdamW")  # Keras 3's AdamW is Adam with another default weight_decay
+# The keys of `Adam.get_config()`, which are `adamx.adam`'s arguments.
+_ADAM_KEYS = frozenset(inspect.signature(adam).parameters) - {
+    "nesterov",
+    "exclude_from_weight_decay",
+    "mu_dtype",
+}
+_LOSS_SCALE_KEYS = frozenset({"name", "inner_optimizer", "initial_scale", "dynamic_growth_steps"})
+_CLIP_KEYS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
+def _keras() -> Any:
+    try:
+        import keras
+    except ImportError as error:  # pragma: no cover - keras is a test dependency
+        raise ImportError("This needs Keras 3 with the JAX backend: pip install keras") from error
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(
+            f"Keras runs on the {keras.backend.backend()!r} backend; Keras schedules and "
+            "optimizers can only be moved to adamx from the JAX backend (KERAS_BACKEND=jax)."
+        )
+    return keras
+
+
+def _class_and_config(config: Any) -> tuple[str, dict[str, Any]]:
+    """Accepts `optimizer.get_config()` or `keras.optimizers.serialize(optimizer)`."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"`config` must be a dict from Keras, got {type(config).__name__}.")
+    if "class_name" in config and "config" in config:
+        return str(config["class_name"]), dict(config["config"])
+    return ("LossScaleOptimizer" if "inner_optimizer" in config else "Adam"), dict(config)
+
+
+def _check_keys(class_name: str, config: dict[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown key(s) in the Keras {class_name} config: {unknown}. adamx honours "
+            f"exactly these keys: {sorted(known)}."
+        )
+
+
+def _learning_rate(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if value.get("class_name") == "__lambda__" or "module" not in value:
+            raise ValueError(
+                "The config's `learning_rate` is a serialized callable, which cannot be rebuilt "
+                "safely; build the optimizer with `adamx.adam(learning_rate=...)` instead."
+            )
+        keras = _keras()
+        try:
+            return keras.optimizers.schedules.deserialize(dict(value))
+        except Exception as error:
+            raise ValueError(
+                f"Could not rebuild the learning-rate schedule {value.get('class_name')!r} from "
+                f"its config ({error}). Register a custom schedule with Keras first."
+            ) from error
+    return value
+
+
+def _accumulation_steps(value: Any) -> int | None:
+    if not value:  # Keras: 0 and None both mean no accumulation
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # adam() rejects anything else with the accepted range
+
+
+def _adam_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """Keras's Adam config as `adamx.adam` arguments, with Keras's meaning of each value."""
+    _check_keys("Adam", config, _ADAM_KEYS)
+    arguments = dict(config)
+    if "learning_rate" in arguments:
+        arguments["learning_rate"] = _learning_rate(arguments["learning_rate"])
+    if sum(arguments.get(key) is not None for key in _CLIP_KEYS) > 1:
+        received = ", ".join(f"{key}={arguments.get(key)}" for key in _CLIP_KEYS)
+        raise ValueError(
+            f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
+            f"{received}"
+        )
+    for key in _CLIP_KEYS:  # Keras skips clipping for thresholds <= 0
+        value = arguments.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            arguments[key] = None
+    if not arguments.get("use_ema", False):  # Keras ignores these without use_ema
+        arguments.pop("ema_momentum", None)
+        arguments.pop("ema_overwrite_frequency", None)
+        arguments["use_ema"] = False
+    elif arguments.get("ema_overwrite_frequency") is not None:
+        frequency = arguments["ema_overwrite_frequency"]
+        # Keras on JAX: `(k + 1) % 0 == 0` overwrites on every call, as 1 does; True is 1.
+        if frequency is True or frequency == 0:
+            arguments["ema_overwrite_frequency"] = 1
+    arguments["gradient_accumulation_steps"] = _accumulation_steps(
+        arguments.get("gradient_accumulation_steps")
+    )
+    return arguments
+
+
+def _arguments(
+    config: Any,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(adam arguments, loss_scale_optimizer arguments or None) for a Keras optimizer config."""
+    class_name, body = _class_and_config(config)
+    if class_name == "LossScaleOptimizer":
+        _check_keys("LossScaleOptimizer", body, _LOSS_SCALE_KEYS)
+        if "inner_optimizer" not in body:
+            raise ValueError("The LossScaleOptimizer config has no `inner_optimizer`.")
+        inner_class, inner_body = _class_and_config(body["inner_optimizer"])
+        if inner_class not in _ADAM_CLASSES:
+            raise ValueError(
+                f"adamx moves Keras's Adam; this LossScaleOptimizer wraps {inner_class!r}."
+            )
+        scaling: dict[str, Any] = {
+            k: body[k] for k in ("initial_scale", "dynamic_growth_steps") if k in body
+        }
+        return _adam_arguments(inner_body), scaling
+    if class_name not in _ADAM_CLASSES:
+        raise ValueError(
+            f"adamx moves Keras's Adam (and a LossScaleOptimizer wrapping it); this config is "
+            f"for {class_name!r}."
+        )
+    return _adam_arguments(body), None
+
+
+def _build(
+    adam_arguments: dict[str, Any],
+    scaling: dict[str, Any] | None,
+    exclude_from_weight_decay: Exclusion,
+) -> optax.GradientTransformationExtraArgs:
+    tx = adam(**adam_arguments, exclude_from_weight_decay=exclude_from_weight_decay)
+    return tx if scaling is None else loss_scale_optimizer(tx, **scaling)
+
+
+def from_keras_config(
+    config: Mapping[str, Any], *, exclude_from_weight_decay: Exclusion = None
+) -> optax.GradientTransformationExtraArgs:
+    """The adamx optimizer equivalent to a Keras `Adam` (or `LossScaleOptimizer(Adam)`) config.
+
+    Takes `optimizer.get_config()` or `keras.optimizers.serialize(optimizer)`. Every key is
+    honoured with Keras's meaning, including the values Keras treats specially (a clipping
+    threshold <= 0 disables clipping; `ema_*` are ignored without `use_ema`;
+    `gradient_accumulation_steps` 0 means none; `ema_overwrite_frequency=0` overwrites on
+    every call, as Keras does on JAX). A nested learning-rate schedule config is rebuilt as
+    the Keras schedule object (needs Keras with the JAX backend). Unknown keys, another
+    optimizer class and serialized lambdas raise a ValueError. Keras does not put
+    `exclude_from_weight_decay` in its config; pass it here (see `adamx.adam`).
+
+    Example:
+      >>> import adamx
+      >>> tx = adamx.from_keras_config({"learning_rate": 0.01, "amsgrad": True})
+      >>> adamx.from_keras_config({"class_name": "SGD", "config": {"momentum": 0.9}})
+      Traceback (most recent call last):
+      ...
+      ValueError: adamx moves Keras's Adam (and a LossScaleOptimizer wrapping it); this config is for 'SGD'.
+    """  # noqa: E501
+    adam_arguments, scaling = _arguments(config)
+    return _build(adam_arguments, scaling, exclude_from_weight_decay)
+
+
+def keras_params(variables: Sequence[Any]) -> dict[str, Any]:
+    """A nested dict of arrays from Keras variables, keyed by their paths (`"d1/kernel"` ->
+    `{"d1": {"kernel": ...}}`): pass `model.trainable_variables`."""
+    tree: dict[str, Any] = {}
+    for variable in variables:
+        *parents, leaf = str(variable.path).split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"Keras variable paths collide at {variable.path!r}.")
+        if leaf in node:
+            raise ValueError(f"Two Keras variables have the path {variable.path!r}.")
+        node[leaf] = jnp.asarray(variable.value)
+    return tree
+
+
+def _match(params: Any, variables: Sequence[Any]) -> list[int]:
+    """For each parameter leaf, the index of its Keras variable, matched by path."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    keras_paths = [str(variable.path) for variable in variables]
+    matches: list[int] = []
+    problems: list[str] = []
+    for path, leaf in leaves:
+        ours = path_str(path)
+        exact = [j for j, theirs in enumerate(keras_paths) if theirs == ours]
+        suffix = [
+            j
+            for j, theirs in enumerate(keras_paths)
+            if theirs.endswith("/" + ours) or ours.endswith("/" + theirs)
+        ]
+        found = exact or suffix
+        if len(found) != 1:
+            where = [keras_paths[j] for j in found]
+            problems.append(
+                f"parameter '{ours}' matches "
+                + (f"several Keras variables {where}" if where else "no Keras variable")
+            )
+            continue
+        variable = variables[found[0]]
+        if tuple(np.shape(leaf)) != tuple(variable.shape):
+            problems.append(
+                f"parameter '{ours}' has shape {tuple(np.shape(leaf))}, Keras variable "
+                f"'{keras_paths[found[0]]}' has shape {tuple(variable.shape)}"
+            )
+        matches.append(found[0])
+    unmatched = [keras_paths[j] for j in range(len(variables)) if j not in matches]
+    if unmatched:
+        problems.append(f"Keras variables with no parameter: {unmatched}")
+    twice = sorted({keras_paths[j] for j in matches if matches.count(j) > 1})
+    if twice:
+        problems.append(f"Keras variables matched by several parameters: {twice}")
+    if problems:
+        raise ValueError(
+            "The parameters do not match the variables the Keras optimizer was built with "
+            "(matched by path: equal, or one a '/'-suffix of the other):\n  "
+            + "\n  ".join(problems)
+            + f"\nKeras variables: {keras_paths}"
+        )
+    return matches
+
+
+def _check_optimizer(optimizer: Any) -> tuple[Any, Any]:
+    """(the Adam, the LossScaleOptimizer around it or None), with clear errors for the rest."""
+    keras = _keras()
+    scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
+    inner = optimizer.inner_optimizer if scaler is not None else optimizer
+    if type(inner) not in (keras.optimizers.Adam, keras.optimizers.AdamW):
+        raise TypeError(
+            "from_keras_optimizer takes a Keras Adam (or a LossScaleOptimizer wrapping one); "
+            f"got {type(inner).__name__}."
+        )
+    if not optimizer.built:
+        raise ValueError(
+            "The Keras optimizer is not built, so it holds no state to move. Build it with "
+            "`optimizer.build(model.trainable_variables)` (or train a step), or use "
+            "`adamx.from_keras_config(optimizer.get_config())` for a fresh optimizer."
+        )
+    return inner, scaler
+
+
+def from_keras_optimizer(
+    optimizer: Any, params: optax.Params
+) -> tuple[optax.GradientTransformationExtraArgs, optax.OptState]:
+    """`(tx, state)` that continue a Keras `Adam` run where it stands.
+
+    `optimizer` is a built `keras.optimizers.Adam` (or `LossScaleOptimizer` around one), for
+    example `keras.saving.load_model("run.keras").optimizer`. `params` is the JAX pytree of the
+    model's trainable variables (see `adamx.keras_params`), matched to the variables the
+    optimizer was built with by path: equal, or one a `/`-suffix of the other (`"d1/kernel"`
+    matches Keras's `"sequential/d1/kernel"`). Every variable needs exactly one parameter of
+    the same shape; otherwise a ValueError lists what did not match.
+
+    Moved: the raw call counter (into the EMA and accumulation counters) and the update count,
+    first and second moments, AMSGrad's v-hat, EMA averages, gradient accumulators, the
+    dynamic loss scale and its growth counter, the current float learning rate, and the
+    weight-decay exclusions (as a mask). `tx.update` on the returned state then computes what
+    Keras's next call would.
+    """
+    inner, scaler = _check_optimizer(optimizer)
+    keras = _keras()
+    variables = list(inner._trainable_variables)
+    order = _match(params, variables)
+    treedef = jax.tree.structure(params)
+
+    def slot(values: Sequence[Any], like: Any) -> Any:
+        leaves = [
+            jnp.asarray(np.asarray(values[j].value), dtype=leaf.dtype)
+            for j, leaf in zip(order, jax.tree.leaves(like), strict=True)
+        ]
+        return jax.tree.unflatten(treedef, leaves)
+
+    exclusion = None
+    if inner.weight_decay is not None:
+        excluded = [not inner._use_weight_decay(variables[j]) for j in order]
+        exclusion = jax.tree.unflatten(treedef, excluded) if any(excluded) else None
+    adam_arguments, scaling = _arguments(keras.optimizers.serialize(optimizer))
+    tx = _build(adam_arguments, scaling, exclusion)
+
+    calls = int(np.asarray(inner._iterations.value))  # Keras's raw counter `it`
+    steps = adam_arguments["gradient_accumulation_steps"]
+    updates = calls // (steps or 1)
+    rate = at_keras_step(learning_rate_schedule(adam_arguments.get("learning_rate", 0.001)), steps)
+    known = (
+        DynamicLossScaleState,
+        optax.MultiStepsState,
+        ScaleByKerasAdamState,
+        DecoupledWeightDecayState,
+        ParamsEmaState,
+    )
+
+    def count(value: int) -> jax.Array:
+        return jnp.asarray(value, jnp.int32)
+
+    def move(node: Any) -> Any:
+        if isinstance(node, DynamicLossScaleState):
+            return node._replace(
+                loss_scale=jnp.asarray(np.asarray(scaler.dynamic_scale.value), jnp.float32),
+                growth_count=count(int(np.asarray(scaler.step_counter.value))),
+                inner_state=move_all(node.inner_state),
+            )
+        if isinstance(node, optax.MultiStepsState):
+            return node._replace(
+                mini_step=count(calls % steps),
+                gradient_step=count(updates),
+                acc_grads=slot(inner._accumulated_gradients, node.acc_grads),
+                inner_opt_state=move_all(node.inner_opt_state),
+            )
+        if isinstance(node, ScaleByKerasAdamState):
+            return node._replace(
+                count=count(updates),
+                learning_rate=jnp.array(rate(count(updates)), jnp.float32),
+                mu=slot(inner._momentums, node.mu),
+                nu=slot(inner._velocities, node.nu),
+                nu_max=slot(inner._velocity_hats, node.nu) if node.nu_max is not None else None,
+            )
+        if isinstance(node, DecoupledWeightDecayState):
+            return node._replace(count=count(updates))
+        if isinstance(node, ParamsEmaState):
+            return node._replace(
+                count=count(calls),
+                average=slot(inner._model_variables_moving_average, node.average),
+            )
+        return node
+
+    def move_all(tree: Any) -> Any:
+        return jax.tree.map(move, tree, is_leaf=lambda node: isinstance(node, known))
+
+    return tx, move_all(tx.init(params))
