@@ -16,7 +16,7 @@ from adamx._ema import ParamsEmaState
 from adamx._hyperparams import at_keras_step, learning_rate_schedule
 from adamx._loss_scale import DynamicLossScaleState, loss_scale_optimizer
 from adamx._moments import ScaleByKerasAdamState
-from adamx._trees import path_str
+from adamx._trees import parameter_path, path_str
 from adamx._weight_decay import DecoupledWeightDecayState, Exclusion
 
 _ADAM_CLASSES = ("Adam", "AdamW")  # Keras 3's AdamW is Adam with another default weight_decay
@@ -203,7 +203,7 @@ def _match(params: Any, variables: Sequence[Any]) -> list[int]:
     matches: list[int] = []
     problems: list[str] = []
     for path, leaf in leaves:
-        ours = path_str(path)
+        ours = path_str(parameter_path(path))
         exact = [j for j, theirs in enumerate(keras_paths) if theirs == ours]
         suffix = [
             j

@@ -22,6 +22,15 @@ def path_str(path: tuple[Any, ...]) -> str:
     return "/".join(_key_name(key) for key in path)
 
 
+def parameter_path(path: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A leaf's key path without a trailing `.value` attribute: the payload of a variable
+    wrapper such as Flax NNX's `nnx.Param`, so `bias/value` is named like the parameter `bias`."""
+    last = path[-1] if path else None
+    if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "value":
+        return path[:-1]
+    return path
+
+
 def check_same_structure(
     name: str, tree: Any, reference_name: str, reference: Any, *, none_is_leaf: bool = False
 ) -> None:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from adamx._hyperparams import LearningRate, learning_rate_schedule
-from adamx._trees import check_same_structure, compute_dtype, path_str
+from adamx._trees import check_same_structure, compute_dtype, parameter_path, path_str
 from adamx._validation import check_real
 
 Exclusion: TypeAlias = str | Sequence[str] | Any | Callable[[Any], Any] | None
@@ -70,6 +70,7 @@ def decay_mask(params: Any, exclude_from_weight_decay: Exclusion = None) -> Any:
         def decayed(path: tuple[Any, ...], _: Any) -> bool:
             # The full path allows "encoder/.*/scale"; the last key alone is Keras's short
             # variable name, so anchored Keras patterns such as "^k" keep working.
+            path = parameter_path(path)
             names = (path_str(path), path_str(path[-1:]))
             return not any(p.search(name) for p in patterns for name in names)
 
@@ -99,7 +100,7 @@ def decayed_paths(params: Any, exclude_from_weight_decay: Exclusion = None) -> l
     """
     mask = decay_mask(params, exclude_from_weight_decay)
     flat = jax.tree_util.tree_flatten_with_path(mask)[0]
-    return [path_str(path) for path, decayed in flat if decayed]
+    return [path_str(parameter_path(path)) for path, decayed in flat if decayed]
 
 
 def decoupled_weight_decay(

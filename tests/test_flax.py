@@ -57,6 +57,11 @@ def test_nnx_optimizer_trains_and_matches_plain_optax() -> None:
     graphdef, initial = nnx.split(model, nnx.Param)
     initial = jax.tree.map(jnp.copy, initial)  # split shares the model's variables
     optimizer = nnx.Optimizer(model, adamx.adam(**FEATURES), wrt=nnx.Param)
+    # NNX paths end in `.value` (`hidden/bias/value`); exclusions see `hidden/bias`.
+    assert adamx.decayed_paths(nnx.state(model, nnx.Param), ["^b"]) == [
+        "hidden/kernel",
+        "out/kernel",
+    ]
     losses = [float(nnx_step(model, optimizer, x, y)) for _ in range(200)]
     assert losses[-1] < losses[0] / 20, (losses[0], losses[-1])
     assert int(adamx.iterations(optimizer.opt_state)[...]) == 200

@@ -230,6 +230,7 @@ def test_exclusion_by_variable_moves_as_a_mask() -> None:
 
 def test_from_a_keras_file(tmp_path: Path) -> None:
     """A model trained with `fit`, saved with its optimizer, loaded, moved, continued."""
+    keras.utils.set_random_seed(0)  # fit shuffles batches with Keras's global generator
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 3)).astype(np.float32)
     y = rng.normal(size=(64, 1)).astype(np.float32)
@@ -262,7 +263,11 @@ def test_from_a_keras_file(tmp_path: Path) -> None:
     averages = loaded.optimizer._model_variables_moving_average
     for tree, values in ((ours, variables), (adamx.ema_params(state), averages)):
         for i, value in zip(order, values, strict=True):
-            np.testing.assert_array_equal(jax.tree.leaves(tree)[i], np.asarray(value.value))
+            # One ulp at most: biases start at 0, and weight decay's `p_new - p` update can
+            # round once where a step is large relative to |p| (README, numerical notes).
+            np.testing.assert_allclose(
+                jax.tree.leaves(tree)[i], np.asarray(value.value), rtol=1.2e-7, atol=1e-9
+            )
     # Keras does not save exclusions: the loaded optimizer decays biases again, and so do we.
     assert "d1/bias" in adamx.decayed_paths(params, None)
 

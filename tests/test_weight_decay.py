@@ -154,3 +154,24 @@ def test_needs_params() -> None:
     tx = adamx.decoupled_weight_decay(0.1)
     with pytest.raises(ValueError, match="needs `params`"):
         tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
+
+
+def test_variable_wrappers_are_named_like_their_parameter() -> None:
+    """Flax NNX states end each path in a `.value` attribute: `hidden/bias/value`. Patterns,
+    anchored Keras short names included, see `hidden/bias` (checked with a stand-in wrapper)."""
+
+    @jax.tree_util.register_pytree_with_keys_class
+    class Wrapper:
+        def __init__(self, value: Any) -> None:
+            self.value = value
+
+        def tree_flatten_with_keys(self) -> Any:
+            return ((jax.tree_util.GetAttrKey("value"), self.value),), None
+
+        @classmethod
+        def tree_unflatten(cls, aux: Any, children: Any) -> Wrapper:
+            return cls(*children)
+
+    params = {"hidden": {"bias": Wrapper(jnp.zeros(2)), "kernel": Wrapper(jnp.ones((2, 2)))}}
+    assert adamx.decayed_paths(params, ["^b"]) == ["hidden/kernel"]
+    assert adamx.decayed_paths(params) == ["hidden/bias", "hidden/kernel"]

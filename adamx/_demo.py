@@ -1,0 +1,296 @@
+"""The demo: a Flax NNX classifier on two spirals, trained with `adamx.adam`, optionally beside
+Keras's `Adam` on the same weights and batches. Needs the `demo` extra (flax, matplotlib, keras)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import adamx
+
+# Jitted adamx against jitted Keras: the largest parameter deviation allowed, as a fraction of
+# the largest parameter movement. Twice the drift between Keras's own eager and jitted runs
+# (the test suite uses the same bound and re-measures that drift).
+KERAS_TOLERANCE = 2.2e-4
+HIDDEN = 64
+BATCH = 128
+
+
+def two_spirals(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaved noisy spirals in the plane, labelled 0 and 1."""
+    rng = np.random.default_rng(seed)
+    turns = np.sqrt(rng.uniform(size=n)) * 3 * np.pi
+    label = rng.integers(0, 2, size=n)
+    sign = np.where(label == 1, 1.0, -1.0)
+    x = np.stack([sign * turns * np.cos(turns), sign * turns * np.sin(turns)], axis=1) / (3 * np.pi)
+    x += rng.normal(scale=0.02, size=x.shape)
+    return x.astype(np.float32), label.astype(np.int32)
+
+
+class MLP(nnx.Module):
+    """2 -> 64 -> 64 -> 2, tanh."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.hidden1 = nnx.Linear(2, HIDDEN, rngs=rngs)
+        self.hidden2 = nnx.Linear(HIDDEN, HIDDEN, rngs=rngs)
+        self.out = nnx.Linear(HIDDEN, 2, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.out(jnp.tanh(self.hidden2(jnp.tanh(self.hidden1(x)))))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def optimizer_settings(steps: int) -> dict[str, Any]:
+    """A realistic mix: warm-up then cosine decay, decoupled weight decay (not on biases),
+    global-norm clipping and an EMA of the weights."""
+    return {
+        "learning_rate": optax.warmup_cosine_decay_schedule(0.0, 0.01, steps // 10, steps, 1e-4),
+        "weight_decay": 1e-4,
+        "global_clipnorm": 1.0,
+        "use_ema": True,
+        "ema_momentum": 0.99,
+    }
+
+
+class Progress:
+    """A one-line progress bar on a terminal; ten plain lines otherwise (logs, CI)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.tty, self.last = total, sys.stderr.isatty(), 0.0
+
+    def update(self, step: int, text: str) -> None:
+        now = time.perf_counter()
+        if self.tty:
+            if now - self.last > 0.1 or step == self.total:
+                filled = 30 * step // self.total
+                bar = "#" * filled + "." * (30 - filled)
+                sys.stderr.write(f"\r[{bar}] {step}/{self.total} {text}")
+                sys.stderr.flush()
+                self.last = now
+            if step == self.total:
+                sys.stderr.write("\n")
+        elif step % max(self.total // 10, 1) == 0 or step == self.total:
+            sys.stderr.write(f"step {step}/{self.total} {text}\n")
+
+
+class KerasTwin:
+    """The same network in Keras, with Keras's `Adam`, stepped by `stateless_apply` as `fit`
+    does; it starts from the Flax weights and sees the same batches."""
+
+    def __init__(self, params: nnx.State, settings: dict[str, Any]) -> None:
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+        import keras
+
+        if keras.backend.backend() != "jax":
+            raise SystemExit("--compare-keras needs Keras on the JAX backend: KERAS_BACKEND=jax")
+        layers = [
+            keras.layers.Dense(HIDDEN, activation="tanh", name="hidden1"),
+            keras.layers.Dense(HIDDEN, activation="tanh", name="hidden2"),
+            keras.layers.Dense(2, name="out"),
+        ]
+        self.model = keras.Sequential([keras.Input((2,)), *layers])
+        pure = nnx.to_pure_dict(params)
+        for layer in layers:
+            layer.set_weights([np.asarray(pure[layer.name][k]) for k in ("kernel", "bias")])
+        schedule = settings["learning_rate"]
+
+        class OptaxSchedule(keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(self, step: Any) -> Any:
+                return schedule(step)
+
+        optimizer = keras.optimizers.Adam(**{**settings, "learning_rate": OptaxSchedule()})
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        optimizer.build(self.model.trainable_variables)
+        self.optimizer = optimizer
+        self.values = [v.value for v in self.model.trainable_variables]
+        self.initial = list(self.values)
+        self.opt_values = [v.value for v in optimizer.variables]
+        self.step = jax.jit(self._step)
+
+    def _step(self, values: list[Any], opt_values: list[Any], x: Any, y: Any) -> Any:
+        def loss_fn(values: list[Any]) -> jax.Array:
+            logits, _ = self.model.stateless_call(values, [], x)
+            return cross_entropy(logits, y)
+
+        loss, grads = jax.value_and_grad(loss_fn)(values)
+        values, opt_values = self.optimizer.stateless_apply(opt_values, grads, values)
+        return values, opt_values, loss
+
+    def train_step(self, x: Any, y: Any) -> None:
+        self.values, self.opt_values, _ = self.step(self.values, self.opt_values, x, y)
+
+    def as_tree(self, values: list[Any]) -> dict[str, Any]:
+        """Keras values as the Flax layout: {"hidden1": {"kernel": ..., "bias": ...}, ...}."""
+        tree: dict[str, Any] = {}
+        for variable, value in zip(self.model.trainable_variables, values, strict=True):
+            layer, name = variable.path.split("/")[-2:]
+            tree.setdefault(layer, {})[name] = np.asarray(value)
+        return tree
+
+    def ema(self) -> dict[str, Any]:
+        averages = self.optimizer._model_variables_moving_average
+        index = {id(v): i for i, v in enumerate(self.optimizer.variables)}
+        return self.as_tree([self.opt_values[index[id(v)]] for v in averages])
+
+
+def largest_deviation(ours: Any, theirs: Any) -> float:
+    pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
+    return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0)) for a, b in pairs)
+
+
+def plot(history: dict[str, list[Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_rate) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = np.arange(1, len(history["train_loss"]) + 1)
+    smooth = np.convolve(history["train_loss"], np.ones(20) / 20, mode="valid")
+    ax_loss.plot(steps, history["train_loss"], color="0.8", lw=0.5, label="train (batch)")
+    ax_loss.plot(steps[19:], smooth, color="C0", label="train (20-step mean)")
+    ax_loss.plot(history["eval_step"], history["eval_loss"], "o-", color="C1", label="eval")
+    ax_loss.plot(
+        history["eval_step"], history["eval_loss_ema"], "s--", color="C2", label="eval, EMA weights"
+    )
+    if history.get("keras_eval_loss"):
+        ax_loss.plot(
+            history["eval_step"],
+            history["keras_eval_loss"],
+            "x:",
+            color="k",
+            label="eval, Keras Adam",
+        )
+    ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="two spirals")
+    ax_loss.legend()
+    ax_rate.plot(steps, history["learning_rate"], color="C3")
+    ax_rate.set(xlabel="step", ylabel="learning rate", title="adamx.current_learning_rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    x_train, y_train = two_spirals(4096, seed)
+    x_eval, y_eval = two_spirals(1024, seed + 1)
+    model = MLP(nnx.Rngs(seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    settings = optimizer_settings(steps)
+    tx = adamx.adam(**settings, exclude_from_weight_decay=["bias"])
+    opt_state = tx.init(params)
+    twin = KerasTwin(params, settings) if compare_keras else None
+    print(f"adamx {adamx.__version__} demo: two spirals, Flax NNX MLP 2-64-64-2, {steps} steps")
+    print(
+        "adamx.adam: warm-up + cosine schedule, global_clipnorm=1.0, use_ema=True, "
+        f"weight_decay=1e-4 on {', '.join(adamx.decayed_paths(params, ['bias']))}"
+    )
+
+    def from_pure(tree: dict[str, Any]) -> nnx.State:
+        state = jax.tree.map(lambda x: x, params)
+        nnx.replace_by_pure_dict(state, tree)
+        return state
+
+    def loss_fn(params: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
+        return cross_entropy(nnx.merge(graphdef, params)(x), y)
+
+    def accuracy(params: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
+        return jnp.mean(jnp.argmax(nnx.merge(graphdef, params)(x), axis=-1) == y)
+
+    @jax.jit
+    def train_step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    @jax.jit
+    def evaluate(params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return loss_fn(params, x, y), accuracy(params, x, y)
+
+    history: dict[str, list[Any]] = {
+        key: []
+        for key in (
+            "train_loss",
+            "learning_rate",
+            "eval_step",
+            "eval_loss",
+            "eval_loss_ema",
+            "keras_eval_loss",
+        )
+    }
+    eval_every = max(steps // 20, 1)
+    rng = np.random.default_rng(seed)
+    progress = Progress(steps)
+    for step in range(1, steps + 1):
+        batch = rng.integers(0, len(x_train), size=BATCH)
+        x, y = x_train[batch], y_train[batch]
+        history["learning_rate"].append(float(adamx.current_learning_rate(opt_state)))
+        params, opt_state, loss = train_step(params, opt_state, x, y)
+        if twin is not None:
+            twin.train_step(x, y)
+        history["train_loss"].append(float(loss))
+        if step % eval_every == 0 or step == steps:
+            history["eval_step"].append(step)
+            history["eval_loss"].append(float(evaluate(params, x_eval, y_eval)[0]))
+            ema = adamx.ema_params(opt_state)
+            history["eval_loss_ema"].append(float(evaluate(ema, x_eval, y_eval)[0]))
+            if twin is not None:
+                keras_params = from_pure(twin.as_tree(twin.values))
+                history["keras_eval_loss"].append(float(evaluate(keras_params, x_eval, y_eval)[0]))
+        progress.update(step, f"loss {float(loss):.4f}  lr {history['learning_rate'][-1]:.2e}")
+
+    train_loss, train_accuracy = evaluate(params, x_train, y_train)
+    eval_loss, eval_accuracy = evaluate(params, x_eval, y_eval)
+    ema_loss, ema_accuracy = evaluate(adamx.ema_params(opt_state), x_eval, y_eval)
+    metrics: dict[str, Any] = {
+        "steps": steps,
+        "train_loss": float(train_loss),
+        "train_accuracy": float(train_accuracy),
+        "eval_loss": float(eval_loss),
+        "eval_accuracy": float(eval_accuracy),
+        "eval_loss_ema": float(ema_loss),
+        "eval_accuracy_ema": float(ema_accuracy),
+    }
+    print(f"train: loss {metrics['train_loss']:.4f}, accuracy {metrics['train_accuracy']:.3f}")
+    print(f"eval:  loss {metrics['eval_loss']:.4f}, accuracy {metrics['eval_accuracy']:.3f}")
+    print(
+        f"eval with EMA weights (adamx.ema_params): loss {metrics['eval_loss_ema']:.4f}, "
+        f"accuracy {metrics['eval_accuracy_ema']:.3f}"
+    )
+    if twin is not None:
+        ours, theirs = nnx.to_pure_dict(params), twin.as_tree(twin.values)
+        initial = twin.as_tree(twin.initial)
+        deviation = max(
+            largest_deviation(ours, theirs),
+            largest_deviation(nnx.to_pure_dict(adamx.ema_params(opt_state)), twin.ema()),
+        )
+        movement = largest_deviation(theirs, initial)
+        metrics |= {
+            "keras_max_deviation": deviation,
+            "keras_movement": movement,
+            "keras_tolerance": KERAS_TOLERANCE * movement,
+        }
+        print(
+            f"Keras Adam on the same weights and batches: largest deviation {deviation:.3g} "
+            f"(parameters and EMA) for a movement of {movement:.3g}; tolerance "
+            f"{KERAS_TOLERANCE} x movement = {KERAS_TOLERANCE * movement:.3g}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    plot(history, out / "loss_curve.png")
+    metrics["seconds"] = time.perf_counter() - start
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"wrote {out / 'loss_curve.png'} and {out / 'metrics.json'} ({metrics['seconds']:.1f}s)")
+    return metrics
