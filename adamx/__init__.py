@@ -15,6 +15,7 @@ from adamx._loss_scale import (
 )
 from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import ScaleByKerasAdamState, scale_by_keras_adam
+from adamx._nonfinite import SkipNonFiniteState, skip_nonfinite_updates
 from adamx._sharding import state_shardings
 from adamx._state import current_learning_rate, iterations
 from adamx._weight_decay import (
@@ -35,6 +36,7 @@ __all__ = [
     "ParamsEmaState",
     "ScaleByKerasAdamState",
     "Schedule",
+    "SkipNonFiniteState",
     "StaticLossScaleState",
     "accumulate_gradients",
     "adam",
@@ -56,6 +58,7 @@ __all__ = [
     "scale_by_keras_adam",
     "scale_loss",
     "skip_missing_gradients",
+    "skip_nonfinite_updates",
     "state_shardings",
     "unscale_gradients",
 ]

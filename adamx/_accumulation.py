@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from adamx._trees import compute_dtype
-from adamx._validation import check_int
+from adamx._validation import check_int, check_transformation
 
 _MULTI_STEPS_HAS_ACCUMULATOR_DTYPE = (
     "accumulator_dtype" in inspect.signature(optax.MultiSteps).parameters
@@ -50,6 +50,7 @@ def accumulate_gradients(
       >>> u1, u2
       (Array([0.], dtype=float32), Array([1.5], dtype=float32))
     """
+    check_transformation("inner", inner)
     check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
     mean = optax.stateless(
         lambda updates, params: jax.tree.map(lambda g: g / gradient_accumulation_steps, updates)

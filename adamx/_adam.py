@@ -19,6 +19,7 @@ from adamx._moments import (
     check_mu_dtype,
     scale_by_keras_adam,
 )
+from adamx._nonfinite import skip_nonfinite_updates
 from adamx._state import find_state
 from adamx._trees import check_same_structure
 from adamx._validation import check_bool, check_int, check_optional_real, check_real
@@ -63,6 +64,7 @@ def _check_arguments(**args: Any) -> None:
             "`weight_decay` (a float >= 0) or drop the exclusion."
         )
     check_mu_dtype(args["mu_dtype"])
+    check_bool("skip_nonfinite", args["skip_nonfinite"])
 
 
 def _clipping(
@@ -126,6 +128,7 @@ def adam(
     nesterov: bool = False,
     exclude_from_weight_decay: Exclusion = None,
     mu_dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Keras 3's `keras.optimizers.Adam` as an optax transformation: same arguments, same numbers.
 
@@ -156,8 +159,11 @@ def adam(
 
     Beyond Keras (keyword-only): `nesterov` (optax's Nesterov Adam, with epsilon-hat),
     `exclude_from_weight_decay` (patterns searched in `/`-joined key paths, a boolean pytree, or
-    a callable; see `adamx.decayed_paths`) and `mu_dtype` (dtype of the first moment).
-    float16/bfloat16 parameters compute their hyper-parameter arithmetic in float32 (Keras
+    a callable; see `adamx.decayed_paths`), `mu_dtype` (dtype of the first moment) and
+    `skip_nonfinite` (a call with a NaN or infinite gradient then changes nothing: parameters
+    and every state leaf stay bit-identical, see `adamx.skip_nonfinite_updates`; by default, as
+    in Keras, such a step is applied and the parameters become NaN). float16/bfloat16
+    parameters compute their hyper-parameter arithmetic in float32 (Keras
     computes it in the parameter dtype, where bfloat16 parameters never move with the default
     `beta_2`). `name` names the update in profiles (`jax.named_scope`). Read counters with
     `adamx.iterations(state)` and `adamx.current_learning_rate(state)`.
@@ -210,4 +216,7 @@ def adam(
                 steps_per_update=gradient_accumulation_steps or 1,
             )
         )
-    return _checked_and_named(name, optax.chain(*steps))
+    tx = optax.chain(*steps)
+    if skip_nonfinite:
+        tx = skip_nonfinite_updates(tx)
+    return _checked_and_named(name, tx)

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._nonfinite import all_finite, unchanged_params
 from adamx._state import find_state
-from adamx._validation import check_int, check_real
+from adamx._validation import check_int, check_real, check_transformation
 
 
 class StaticLossScaleState(NamedTuple):
@@ -49,10 +50,6 @@ def unscale_gradients(loss_scale_factor: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(tree)]))
-
-
 def loss_scale_optimizer(
     inner: optax.GradientTransformation,
     initial_scale: float = 2.0**15,
@@ -86,6 +83,7 @@ def loss_scale_optimizer(
       >>> state.loss_scale
       Array(4., dtype=float32)
     """
+    check_transformation("inner", inner)
     check_real("initial_scale", initial_scale, low=0.0, low_open=True)
     check_int("dynamic_growth_steps", dynamic_growth_steps, low=1)
     inner = optax.with_extra_args_support(inner)
@@ -109,7 +107,7 @@ def loss_scale_optimizer(
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, DynamicLossScaleState]:
-        finite = _all_finite(updates)
+        finite = all_finite(updates)
         scale = state.loss_scale
         # Like Keras, unscaling promotes to float32: a float16 gradient unscaled in float16 would
         # underflow, which is what scaling the loss was for.
@@ -121,8 +119,7 @@ def loss_scale_optimizer(
             growth_count=jnp.where(finite & ~grow, state.growth_count + 1, 0).astype(jnp.int32),
             inner_state=optax.tree.where(finite, inner_state, state.inner_state),
         )
-        skipped = optax.tree.zeros_like(inner_updates)
-        return optax.tree.where(finite, inner_updates, skipped), new_state
+        return optax.tree.where(finite, inner_updates, unchanged_params(inner_updates)), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

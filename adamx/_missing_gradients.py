@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from adamx._trees import path_str
+from adamx._validation import check_transformation
 
 
 def _is_none(x: Any) -> bool:
@@ -43,6 +44,7 @@ def skip_missing_gradients(
     Keras. Trees without None leaves pass straight through. `params` is required when some
     gradients are None: they tell the full tree.
     """
+    check_transformation("inner", inner)
     inner = optax.with_extra_args_support(inner)
 
     def update_fn(

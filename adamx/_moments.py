@@ -34,7 +34,13 @@ def check_beta(name: str, value: Any) -> None:
 
 
 def check_mu_dtype(mu_dtype: Any) -> None:
-    if mu_dtype is not None and not jnp.issubdtype(jnp.dtype(mu_dtype), jnp.floating):
+    if mu_dtype is None:
+        return
+    try:
+        floating = jnp.issubdtype(jnp.dtype(mu_dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
         raise TypeError(f"`mu_dtype` must be a floating dtype or None. Received: {mu_dtype!r}")
 
 

@@ -48,12 +48,13 @@ def check_same_structure(
         )
 
 
-def check_floating(params: Any) -> None:
-    """adamx updates floating-point parameters only; integer leaves get a clear TypeError."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+def check_floating(tree: Any, what: str = "parameters") -> None:
+    """adamx takes floating-point parameters and gradients only; an integer or boolean leaf
+    gets a clear TypeError (at trace time) rather than a silent conversion."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise TypeError(
-                f"adamx optimizes floating-point parameters; the leaf at '{path_str(path)}' has "
+                f"adamx takes floating-point {what}; the leaf at '{path_str(path)}' has "
                 f"dtype {jnp.result_type(leaf)}. Cast it to a float dtype or keep it out of the "
                 "optimized tree."
             )

@@ -84,3 +84,12 @@ def check_int(name: str, value: Any, *, low: int) -> None:
         )
     if value < low:
         raise ValueError(f"`{name}` must be an integer >= {low}. Received: {name}={value!r}")
+
+
+def check_transformation(name: str, value: Any) -> None:
+    """Checks that `value` is an optax transformation (an object with `init` and `update`)."""
+    if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
+        raise TypeError(
+            f"`{name}` must be an optax GradientTransformation (with `init` and `update`), for "
+            f"example `adamx.adam()`. Received: {name}={value!r}"
+        )

@@ -1,0 +1,212 @@
+"""Bad input, argument by argument, for every public factory: a clear error at construction.
+
+Each case must raise ValueError or TypeError whose message names the argument (in backticks)
+and says what is accepted. `test_adam.py::INVALID` adds `adam`-specific cases on top.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adamx
+
+NAN, INF = math.nan, math.inf
+
+# For a real-valued argument in an interval: wrong types, non-finite, out of range.
+NOT_REAL = ["0.1", None, True, np.array([0.1, 0.2]), [0.1], {"a": 1}]
+NON_FINITE = [NAN, INF, -INF]
+
+
+def reals(low_excluded: list[Any], above: list[Any] = ()) -> list[tuple[Any, type]]:
+    return (
+        [(v, TypeError) for v in NOT_REAL]
+        + [(v, ValueError) for v in NON_FINITE]
+        + [(v, ValueError) for v in [*low_excluded, *above]]
+    )
+
+
+def ints(low: int) -> list[tuple[Any, type]]:
+    return [
+        (low - 1, ValueError),
+        (-5, ValueError),
+        (2.0, TypeError),
+        (2.5, TypeError),
+        (True, TypeError),
+        ("3", TypeError),
+        (None, TypeError),
+        (np.array(3), TypeError),
+        (jnp.asarray(3), TypeError),
+    ]
+
+
+def bools() -> list[tuple[Any, type]]:
+    return [(v, TypeError) for v in (1, 0, "yes", None, np.array([True]))]
+
+
+INNER = adamx.adam()
+NOT_A_TRANSFORMATION = [(v, TypeError) for v in (None, "adam", lambda g: g, 0.1, optax.adam)]
+
+# factory name -> (factory, default keyword arguments, {argument: [(bad value, error)]})
+TABLE: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, list[tuple[Any, type]]]]] = {
+    "adam": (
+        adamx.adam,
+        {},
+        {
+            "learning_rate": reals([-0.1, -1]),
+            "beta_1": reals([-0.1], [1.0, 1.5]) + [(lambda: 0.9, TypeError)],
+            "beta_2": reals([-0.1], [1.0, 2.0]) + [(lambda: 0.9, TypeError)],
+            "epsilon": reals([0.0, -1e-7]),
+            "amsgrad": bools(),
+            "weight_decay": [(v, e) for v, e in reals([-0.01]) if v is not None],
+            "clipnorm": [(v, e) for v, e in reals([0.0, -1.0]) if v is not None],
+            "clipvalue": [(v, e) for v, e in reals([0.0, -1.0]) if v is not None],
+            "global_clipnorm": [(v, e) for v, e in reals([0.0, -1.0]) if v is not None],
+            "use_ema": bools(),
+            "ema_momentum": reals([-0.1], [1.1]),
+            "ema_overwrite_frequency": [(v, e) for v, e in ints(1) if v is not None],
+            "loss_scale_factor": [(v, e) for v, e in reals([0.0, -2.0]) if v is not None],
+            "gradient_accumulation_steps": [(v, e) for v, e in ints(2) if v is not None],
+            "name": [("a/b", ValueError), ("", ValueError), (3, ValueError), (None, ValueError)],
+            "nesterov": bools(),
+            "mu_dtype": [(jnp.int32, TypeError), ("floaty", TypeError), (bool, TypeError)],
+            "skip_nonfinite": bools(),
+        },
+    ),
+    "loss_scale_optimizer": (
+        adamx.loss_scale_optimizer,
+        {"inner": INNER},
+        {
+            "inner": NOT_A_TRANSFORMATION,
+            "initial_scale": reals([0.0, -1.0]),
+            "dynamic_growth_steps": ints(1),
+        },
+    ),
+    "scale_by_keras_adam": (
+        adamx.scale_by_keras_adam,
+        {},
+        {
+            "learning_rate": reals([-0.1]),
+            "beta_1": reals([-0.5], [1.0]),
+            "beta_2": reals([-0.5], [1.0]),
+            "epsilon": reals([0.0]),
+            "amsgrad": bools(),
+            "nesterov": bools(),
+            "mu_dtype": [(jnp.int8, TypeError)],
+        },
+    ),
+    "clip_by_norm": (adamx.clip_by_norm, {"clipnorm": 1.0}, {"clipnorm": reals([0.0, -1.0])}),
+    "clip_by_value": (adamx.clip_by_value, {"clipvalue": 1.0}, {"clipvalue": reals([0.0, -1.0])}),
+    "clip_by_global_norm": (
+        adamx.clip_by_global_norm,
+        {"global_clipnorm": 1.0},
+        {"global_clipnorm": reals([0.0, -1.0])},
+    ),
+    "decoupled_weight_decay": (
+        adamx.decoupled_weight_decay,
+        {"weight_decay": 0.1},
+        {
+            "weight_decay": reals([-0.1]),
+            "learning_rate": reals([-0.1]),
+            "exclude_from_weight_decay": [(["("], ValueError), ("[", ValueError)],
+        },
+    ),
+    "ema_of_params": (
+        adamx.ema_of_params,
+        {},
+        {
+            "ema_momentum": reals([-0.1], [1.5]),
+            "ema_overwrite_frequency": [(v, e) for v, e in ints(1) if v is not None],
+            "steps_per_update": ints(1),
+        },
+    ),
+    "unscale_gradients": (
+        adamx.unscale_gradients,
+        {"loss_scale_factor": 2.0},
+        {"loss_scale_factor": reals([0.0, -2.0])},
+    ),
+    "accumulate_gradients": (
+        adamx.accumulate_gradients,
+        {"inner": INNER, "gradient_accumulation_steps": 2},
+        {"inner": NOT_A_TRANSFORMATION, "gradient_accumulation_steps": ints(2)},
+    ),
+    "skip_missing_gradients": (
+        adamx.skip_missing_gradients,
+        {"inner": INNER},
+        {"inner": NOT_A_TRANSFORMATION},
+    ),
+    "skip_nonfinite_updates": (
+        adamx.skip_nonfinite_updates,
+        {"inner": INNER},
+        {"inner": NOT_A_TRANSFORMATION},
+    ),
+}
+
+CASES = [
+    pytest.param(factory, argument, value, error, id=f"{factory}-{argument}={value!r:.20}")
+    for factory, (_, _, arguments) in TABLE.items()
+    for argument, bad in arguments.items()
+    for value, error in bad
+]
+
+
+@pytest.mark.parametrize(("factory", "argument", "value", "error"), CASES)
+def test_bad_argument_is_named_with_its_accepted_range(
+    factory: str, argument: str, value: Any, error: type[Exception]
+) -> None:
+    make, defaults, _ = TABLE[factory]
+    with pytest.raises(error) as raised:
+        make(**{**defaults, argument: value})
+    message = str(raised.value)
+    assert f"`{argument}`" in message, message
+    assert any(word in message for word in ("must be", "invalid regular expression")), message
+
+
+def test_every_argument_of_every_factory_is_covered() -> None:
+    import inspect
+
+    for factory, (make, _, arguments) in TABLE.items():
+        parameters = set(inspect.signature(make).parameters)
+        parameters -= {"exclude_from_weight_decay"} if factory == "adam" else set()
+        assert parameters <= set(arguments), (factory, parameters - set(arguments))
+
+
+def test_case_count() -> None:
+    print(f"{len(CASES)} invalid-input cases over {len(TABLE)} factories")
+    assert len(CASES) > 250
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"clipnorm": 1.0, "clipvalue": 1.0}, "Only one of `clipnorm`, `clipvalue`"),
+        ({"clipvalue": 1.0, "global_clipnorm": 1.0}, "Only one of"),
+        ({"exclude_from_weight_decay": ["bias"]}, "`exclude_from_weight_decay` has no effect"),
+    ],
+)
+def test_conflicting_options(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        adamx.adam(**kwargs)
+
+
+def test_state_is_not_corrupted_by_a_rejected_update() -> None:
+    """A call that fails (mismatched trees) raises before touching anything; the old state
+    still works and gives the same result as if the failed call never happened."""
+    tx = adamx.adam(use_ema=True, gradient_accumulation_steps=2)
+    params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="structure of `updates`"):
+        tx.update({"a": jnp.ones(2)}, state, params)
+    with pytest.raises(TypeError, match="floating-point parameters"):
+        tx.init({"a": jnp.ones(2, jnp.int32)})
+    grads = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    after, _ = tx.update(grads, state, params)
+    fresh, _ = tx.update(grads, tx.init(params), params)
+    for x, y in zip(np.asarray(after["a"]), np.asarray(fresh["a"]), strict=True):
+        assert x == y
