@@ -60,8 +60,8 @@ TABLE: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, list[tuple[
         {},
         {
             "learning_rate": reals([-0.1, -1]),
-            "beta_1": reals([-0.1], [1.0, 1.5]) + [(lambda: 0.9, TypeError)],
-            "beta_2": reals([-0.1], [1.0, 2.0]) + [(lambda: 0.9, TypeError)],
+            "beta_1": [*reals([-0.1], [1.0, 1.5]), (lambda: 0.9, TypeError)],
+            "beta_2": [*reals([-0.1], [1.0, 2.0]), (lambda: 0.9, TypeError)],
             "epsilon": reals([0.0, -1e-7]),
             "amsgrad": bools(),
             "weight_decay": [(v, e) for v, e in reals([-0.01]) if v is not None],
