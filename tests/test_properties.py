@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 import adamx
 from adamx import _clipping, _moments
 
-EXAMPLES = 40
+EXAMPLES = 30
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
