@@ -1,0 +1,430 @@
+"""`python -m adamx.benchmarks`: one training-step update, adamx against optax, Keras and torch.
+
+For each parameter tree and each optimizer it compiles `step(params, state, grads) ->
+(params, state)` with `jax.jit(..., donate_argnums=(0, 1))` and reports:
+
+- median time per call and its spread (interquartile range) over repeats, with the candidates
+  run in interleaved order (the order reverses every repeat), and the ratio to `optax.adam`;
+- achieved bandwidth: Adam's minimal traffic (read p, g, m, v; write p, m, v: 28 bytes per
+  float32 parameter) over the time, and its ratio to a floor measured in the same run
+  (NumPy's in-place `y += x` over 256 MB);
+- compile time, state bytes per parameter, and two figures free of timing noise: XLA's own
+  `cost_analysis()` bytes accessed per parameter (in float32 passes) and the number of kernels
+  (fusions and other non-trivial instructions) in the compiled step.
+
+Runs on whatever JAX's default device is (CPU, GPU or TPU). `--quick` uses smaller trees and
+fewer repeats; `--json PATH` writes every figure. torch (`fused=True` and `foreach=True`) joins
+when it is installed. "all features" is global clipping, weight decay with exclusions, EMA with
+overwrite and a static loss scale; "all + accum. 4" adds gradient accumulation over 4 calls
+(times are per call). For steps with accumulation, XLA's bytes accessed count both branches of
+the accumulation's conditional, not an average call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import adamx
+
+BYTES_PER_PASS = 4  # one float32 read or write of every parameter
+ADAM_MINIMUM_PASSES = 7  # read p, g, m, v; write p, m, v
+ALL_FEATURES: dict[str, Any] = {
+    "global_clipnorm": 1.0,
+    "weight_decay": 0.004,
+    "exclude_from_weight_decay": ["bias", "scale"],
+    "use_ema": True,
+    "ema_overwrite_frequency": 100,
+    "loss_scale_factor": 1024.0,
+}
+WITH_ACCUMULATION = {**ALL_FEATURES, "gradient_accumulation_steps": 4}
+
+
+# --- parameter trees -------------------------------------------------------------------------
+
+
+def one_tensor(scale: float) -> dict[str, Any]:
+    return {"w": (int(2**25 * scale),)}
+
+
+def transformer(scale: float) -> dict[str, Any]:
+    """12 layers (attention, MLP, two layer norms, biases) and an embedding: 150 tensors."""
+    d = int(384 * scale**0.5) // 8 * 8
+    layer = {
+        "attention": {
+            "qkv": {"kernel": (d, 3 * d), "bias": (3 * d,)},
+            "out": {"kernel": (d, d), "bias": (d,)},
+        },
+        "mlp": {
+            "up": {"kernel": (d, 4 * d), "bias": (4 * d,)},
+            "down": {"kernel": (4 * d, d), "bias": (d,)},
+        },
+        "norm1": {"scale": (d,), "bias": (d,)},
+        "norm2": {"scale": (d,), "bias": (d,)},
+    }
+    tree: dict[str, Any] = {f"layer_{i:02d}": layer for i in range(12)}
+    tree["embedding"] = {"kernel": (int(10_000 * scale), d)}
+    tree["final_norm"] = {"scale": (d,), "bias": (d,)}
+    return tree
+
+
+def many_small(scale: float) -> dict[str, Any]:
+    return {f"t{i:04d}": (1000,) for i in range(int(2000 * scale))}
+
+
+TREES: dict[str, Callable[[float], dict[str, Any]]] = {
+    "one_tensor": one_tensor,
+    "transformer": transformer,
+    "many_small": many_small,
+}
+
+
+def materialize(shapes: Any, seed: int) -> Any:
+    key = jax.random.key(seed)
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [
+            jax.random.normal(k, shape, jnp.float32) * 0.02
+            for k, shape in zip(keys, leaves, strict=True)
+        ],
+    )
+
+
+# --- candidates ------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    name: str
+    run: Callable[[], None]  # one call, blocking until done
+    compile_seconds: float | None = None
+    passes: float | None = None  # XLA bytes accessed per parameter / 4
+    kernels: int | None = None
+    state_bytes_per_param: float | None = None
+    times: list[float] = field(default_factory=list)
+
+
+KERNEL_FREE = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast"}
+INSTRUCTION = re.compile(r"=\s*(?:\([^=]*?\)|\S+)\s+([a-z][\w-]*)\(")
+
+
+def count_kernels(compiled: Any) -> int:
+    """Instructions of the entry computation that run as kernels (fusions included)."""
+    text = compiled.as_text()
+    entry = text[text.index("ENTRY") :]
+    body = entry[: entry.index("\n}")]
+    opcodes = [m.group(1) for m in map(INSTRUCTION.search, body.splitlines()[1:]) if m]
+    return sum(opcode not in KERNEL_FREE for opcode in opcodes)
+
+
+def bytes_accessed(compiled: Any) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older JAX returns one dict per computation
+        analysis = analysis[0]
+    return float(analysis.get("bytes accessed", float("nan")))
+
+
+def jax_candidate(
+    name: str,
+    init: Callable[[Any], Any],
+    step: Callable[[Any, Any, Any], tuple[Any, Any]],
+    params: Any,
+    grads: Any,
+    size: int,
+) -> Candidate:
+    params = jax.tree.map(jnp.copy, params)
+    state = init(params)
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compile_seconds = time.perf_counter() - start
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    box = {"params": params, "state": state}
+
+    def run() -> None:
+        box["params"], box["state"] = compiled(box["params"], box["state"], grads)
+        jax.block_until_ready(box["params"])
+
+    return Candidate(
+        name,
+        run,
+        compile_seconds=compile_seconds,
+        passes=bytes_accessed(compiled) / size / BYTES_PER_PASS,
+        kernels=count_kernels(compiled),
+        state_bytes_per_param=state_bytes / size,
+    )
+
+
+def optax_step(tx: optax.GradientTransformation) -> Callable[..., tuple[Any, Any]]:
+    def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def optax_composition() -> tuple[Callable[[Any], Any], Callable[..., tuple[Any, Any]]]:
+    """What an optax user writes for the same features: global clipping, AdamW with a mask,
+    and a hand-rolled EMA of the parameters."""
+
+    def mask(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: not re.search("bias|scale", jax.tree_util.keystr(path)), params
+        )
+
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(1e-3, eps=1e-7, weight_decay=0.004, mask=mask),
+    )
+
+    def init(params: Any) -> Any:
+        return tx.init(params), jax.tree.map(jnp.copy, params)
+
+    def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+        opt_state, ema = state
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: 0.99 * e + 0.01 * p, ema, params)
+        return params, (opt_state, ema)
+
+    return init, step
+
+
+def keras_candidate(
+    name: str, kwargs: dict[str, Any], params: Any, grads: Any, size: int
+) -> Candidate | None:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    try:
+        import keras
+    except ImportError:
+        return None
+    if keras.backend.backend() != "jax":
+        return None
+    leaves = jax.tree.leaves(params)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    names = [re.sub(r"\W+", "_", path).strip("_") for path in paths]
+    variables = [keras.Variable(np.asarray(x), name=n) for x, n in zip(leaves, names, strict=True)]
+    keras_kwargs = {k: v for k, v in kwargs.items() if k != "exclude_from_weight_decay"}
+    optimizer = keras.optimizers.Adam(**keras_kwargs)
+    if "exclude_from_weight_decay" in kwargs:
+        optimizer.exclude_from_weight_decay(var_names=kwargs["exclude_from_weight_decay"])
+    optimizer.build(variables)
+
+    def init(values: Any) -> Any:
+        return [v.value for v in optimizer.variables]
+
+    def step(values: Any, opt_values: Any, grads: Any) -> tuple[Any, Any]:
+        new_values, new_opt_values = optimizer.stateless_apply(opt_values, grads, values)
+        return list(new_values), list(new_opt_values)
+
+    return jax_candidate(name, init, step, [v.value for v in variables], leaves, size)
+
+
+def torch_candidates(params: Any, size: int) -> list[Candidate]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    tensors = [torch.from_numpy(np.array(x)) for x in jax.tree.leaves(params)]
+    candidates = []
+    for mode in ("fused", "foreach"):
+        weights = [torch.nn.Parameter(t.clone()) for t in tensors]
+        for w in weights:
+            w.grad = torch.full_like(w, 0.01)
+        flags: dict[str, Any] = {mode: True}
+        optimizer = torch.optim.Adam(weights, lr=1e-3, eps=1e-7, **flags)
+        optimizer.step()  # allocates the state
+
+        def run(optimizer: Any = optimizer) -> None:
+            optimizer.step()
+
+        candidates.append(
+            Candidate(f"torch.optim.Adam({mode}=True)", run, state_bytes_per_param=8.0)
+        )
+    return candidates
+
+
+def candidates_for(params: Any, grads: Any, size: int, with_torch: bool) -> list[Candidate]:
+    optax_adam = optax.adam(1e-3, eps=1e-7)
+    out = [
+        jax_candidate("optax.adam", optax_adam.init, optax_step(optax_adam), params, grads, size)
+    ]
+    for name, tx in {
+        "adamx.adam()": adamx.adam(),
+        "adamx.adam(amsgrad=True)": adamx.adam(amsgrad=True),
+        "adamx.adam(all features)": adamx.adam(**ALL_FEATURES),
+        "adamx.adam(all + accum. 4)": adamx.adam(**WITH_ACCUMULATION),
+    }.items():
+        out.append(jax_candidate(name, tx.init, optax_step(tx), params, grads, size))
+    init, step = optax_composition()
+    out.append(jax_candidate("optax clip+adamw+EMA", init, step, params, grads, size))
+    keras_configs = {
+        "keras Adam()": {},
+        "keras Adam(all features)": ALL_FEATURES,
+        "keras Adam(all + accum. 4)": WITH_ACCUMULATION,
+    }
+    for name, kwargs in keras_configs.items():
+        keras = keras_candidate(name, kwargs, params, grads, size)
+        if keras is not None:
+            out.append(keras)
+    if with_torch:
+        out.extend(torch_candidates(params, size))
+    return out
+
+
+# --- measurement -----------------------------------------------------------------------------
+
+
+def bandwidth_floor(megabytes: int = 256, repeats: int = 7) -> float:
+    """GB/s of NumPy's in-place `y += x` (read x, read y, write y) over `megabytes`."""
+    n = megabytes * 2**20 // 4
+    x, y = np.ones(n, np.float32), np.ones(n, np.float32)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        y += x
+        times.append(time.perf_counter() - start)
+    return 3 * n * 4 / statistics.median(times) / 1e9
+
+
+def measure(candidates: list[Candidate], repeats: int, calls: int) -> None:
+    for candidate in candidates:  # warm up
+        for _ in range(2):
+            candidate.run()
+    for repeat in range(repeats):
+        order = candidates if repeat % 2 == 0 else candidates[::-1]
+        for candidate in order:
+            start = time.perf_counter()
+            for _ in range(calls):
+                candidate.run()
+            candidate.times.append((time.perf_counter() - start) / calls)
+
+
+def spread(times: Sequence[float]) -> float:
+    if len(times) < 4:
+        return max(times) - min(times)
+    q = statistics.quantiles(times, n=4)
+    return q[2] - q[0]
+
+
+def rows_for(tree: str, candidates: list[Candidate], size: int, floor: float) -> list[dict]:
+    baseline = statistics.median(candidates[0].times)
+    rows = []
+    for c in candidates:
+        median = statistics.median(c.times)
+        gbps = ADAM_MINIMUM_PASSES * BYTES_PER_PASS * size / median / 1e9
+        rows.append(
+            {
+                "tree": tree,
+                "optimizer": c.name,
+                "median_ms": median * 1e3,
+                "spread_ms": spread(c.times) * 1e3,
+                "vs_optax_adam": median / baseline,
+                "gb_per_s": gbps,
+                "vs_bandwidth_floor": gbps / floor,
+                "compile_s": c.compile_seconds,
+                "state_bytes_per_param": c.state_bytes_per_param,
+                "xla_passes_per_param": c.passes,
+                "kernels": c.kernels,
+            }
+        )
+    return rows
+
+
+def show(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def print_table(rows: list[dict], tree: str, size: int, tensors: int) -> None:
+    print(f"\n{tree}: {size / 1e6:.1f}M parameters in {tensors} tensors")
+    header = (
+        f"  {'optimizer':28s} {'median ms':>10s} {'IQR':>6s} {'x optax':>7s} {'GB/s':>6s} "
+        f"{'x floor':>7s} {'compile s':>9s} {'state B/p':>9s} {'XLA passes':>10s} "
+        f"{'kernels':>7s}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"  {r['optimizer']:28s} {show(r['median_ms']):>10s} {show(r['spread_ms']):>6s} "
+            f"{show(r['vs_optax_adam']):>7s} {show(r['gb_per_s'], 1):>6s} "
+            f"{show(r['vs_bandwidth_floor']):>7s} {show(r['compile_s']):>9s} "
+            f"{show(r['state_bytes_per_param'], 1):>9s} {show(r['xla_passes_per_param'], 1):>10s}"
+            f" {show(r['kernels']):>7s}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m adamx.benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="small trees, few repeats (<1 min)")
+    parser.add_argument("--json", type=str, default=None, help="write every figure to this file")
+    parser.add_argument("--trees", nargs="+", choices=list(TREES), default=list(TREES))
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate")
+    parser.add_argument("--no-torch", action="store_true", help="leave torch out")
+    parser.add_argument("--scale", type=float, default=None, help="tree size factor (1 = full)")
+    args = parser.parse_args(argv)
+    scale, repeats, calls = (0.125, 5, 3) if args.quick else (1.0, 11, 4)
+    scale = scale if args.scale is None else args.scale
+    repeats = repeats if args.repeats is None else args.repeats
+    if not 0 < scale <= 4 or repeats < 1:
+        parser.error("--scale must be in (0, 4] and --repeats >= 1")
+    floor = bandwidth_floor(64 if args.quick else 256)
+    device = jax.devices()[0]
+    machine = {
+        "device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "adamx": adamx.__version__,
+        "bandwidth_floor_gb_per_s": floor,
+    }
+    print(
+        " | ".join(
+            f"{k}: {v if not isinstance(v, float) else f'{v:.1f}'}" for k, v in machine.items()
+        )
+    )
+    all_rows: list[dict] = []
+    for tree in args.trees:
+        shapes = TREES[tree](scale)
+        params = materialize(shapes, 0)
+        grads = materialize(shapes, 1)
+        leaves = jax.tree.leaves(params)
+        size = sum(x.size for x in leaves)
+        candidates = candidates_for(params, grads, size, with_torch=not args.no_torch)
+        measure(candidates, repeats, calls)
+        rows = rows_for(tree, candidates, size, floor)
+        print_table(rows, tree, size, len(leaves))
+        all_rows.extend(rows)
+        del candidates, params, grads
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "results": all_rows}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
