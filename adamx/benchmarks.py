@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="leave torch out")
     parser.add_argument("--scale", type=float, default=None, help="tree size factor (1 = full)")
     args = parser.parse_args(argv)
-    scale, repeats, calls = (0.125, 5, 3) if args.quick else (1.0, 11, 4)
+    scale, repeats, calls = (0.0625, 5, 3) if args.quick else (1.0, 11, 4)
     scale = scale if args.scale is None else args.scale
     repeats = repeats if args.repeats is None else args.repeats
     if not 0 < scale <= 4 or repeats < 1:
