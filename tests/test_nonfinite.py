@@ -120,7 +120,8 @@ def test_guard_in_a_custom_chain_and_with_missing_gradients() -> None:
 
     guarded = adamx.adam(skip_nonfinite=True)
     state = guarded.init(params)
-    _, state = guarded.update({"a": jnp.ones(2), "b": None}, state, params)  # None: no gradient
+    with pytest.warns(UserWarning, match="Gradients do not exist for parameters"):
+        _, state = guarded.update({"a": jnp.ones(2), "b": None}, state, params)  # no gradient
     assert int(state.skipped) == 0 and int(adamx.iterations(state)) == 1
 
 
