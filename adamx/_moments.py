@@ -130,12 +130,29 @@ def scale_by_keras_adam(
         learning_rate = schedule(state.count)
         step = optax.safe_increment(state.count)
 
+        scalars: dict[Any, tuple[jax.Array, ...]] = {}
+
+        def step_scalars(dtype: Any) -> tuple[jax.Array, ...]:
+            # Once per compute dtype, not once per leaf: the same values, a much shorter trace
+            # for trees of many tensors.
+            if dtype not in scalars:
+                t = step.astype(dtype)
+                b1_power = jnp.power(jnp.asarray(beta_1, dtype), t)
+                b2_power = jnp.power(jnp.asarray(beta_2, dtype), t)
+                lr = jnp.asarray(learning_rate).astype(dtype)
+                if nesterov:
+                    b1_next_power = jnp.power(jnp.asarray(beta_1, dtype), t + 1)
+                    scalars[dtype] = (
+                        lr * jnp.sqrt(1 - b2_power),
+                        1 - b1_next_power,
+                        1 - b1_power,
+                    )
+                else:
+                    scalars[dtype] = (lr * jnp.sqrt(1 - b2_power) / (1 - b1_power),)
+            return scalars[dtype]
+
         def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: jax.Array) -> tuple[Any, ...]:
             dtype = compute_dtype(v.dtype, m.dtype)
-            t = step.astype(dtype)
-            b1_power = jnp.power(jnp.asarray(beta_1, dtype), t)
-            b2_power = jnp.power(jnp.asarray(beta_2, dtype), t)
-            lr = jnp.asarray(learning_rate).astype(dtype)
             g, m, v = g.astype(dtype), m.astype(dtype), v.astype(dtype)
             m = m + (g - m) * (1 - beta_1)
             v = v + (jnp.square(g) - v) * (1 - beta_2)
@@ -143,11 +160,11 @@ def scale_by_keras_adam(
                 v_max = jnp.maximum(v_max.astype(dtype), v)
             root_v = jnp.sqrt(v_max if amsgrad else v)
             if nesterov:
-                b1_next_power = jnp.power(jnp.asarray(beta_1, dtype), t + 1)
-                m_hat = beta_1 * m / (1 - b1_next_power) + (1 - beta_1) * g / (1 - b1_power)
-                out = (m_hat * (lr * jnp.sqrt(1 - b2_power))) / (root_v + epsilon)
+                lr_root, b1_next_correction, b1_correction = step_scalars(dtype)
+                m_hat = beta_1 * m / b1_next_correction + (1 - beta_1) * g / b1_correction
+                out = (m_hat * lr_root) / (root_v + epsilon)
             else:
-                alpha = lr * jnp.sqrt(1 - b2_power) / (1 - b1_power)
+                (alpha,) = step_scalars(dtype)
                 out = (m * alpha) / (root_v + epsilon)
             return out, m, v, v_max
 
