@@ -52,8 +52,14 @@ def short_names(tree: Any) -> list[str]:
 
 
 def run_adamx(
-    tx: optax.GradientTransformation, params: Any, grads: Sequence[Any], jit: bool = True
+    tx: optax.GradientTransformation,
+    params: Any,
+    grads: Sequence[Any],
+    jit: bool = True,
+    state: Any = None,
 ) -> tuple[Any, Any]:
+    """Runs `tx` call by call from `state` (or `tx.init(params)`), jitted or op by op."""
+
     def step(params: Any, state: Any, g: Any) -> tuple[Any, Any]:
         updates, state = tx.update(g, state, params)
         return optax.apply_updates(params, updates), state
@@ -62,7 +68,7 @@ def run_adamx(
     mode = contextlib.nullcontext() if jit else jax.disable_jit()
     with mode:
         step_fn = jax.jit(step) if jit else step
-        state = tx.init(params)
+        state = tx.init(params) if state is None else state
         for g in grads:
             params, state = step_fn(params, state, g)
     return jax.tree.map(np.asarray, params), state

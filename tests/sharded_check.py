@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adamx
+from adamx._trees import path_str
 
 AxisType = getattr(jax.sharding, "AxisType", None)  # absent before jax 0.6
 shard_map = getattr(jax, "shard_map", None)
@@ -98,9 +99,7 @@ def print_and_check_placement(label: str, state: Any, params: Any) -> None:
 
 
 def adamx_path(path: tuple[Any, ...]) -> str:
-    return "/" + "/".join(
-        str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path
-    )
+    return "/" + path_str(path)
 
 
 def run_steps(tx: Any, params: Any, state: Any, grads: list[Any]) -> tuple[Any, Any]:

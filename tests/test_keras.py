@@ -14,10 +14,9 @@ from typing import Any
 import jax
 import keras
 import numpy as np
-import optax
 import pytest
 from conftest import assert_bit_equal, assert_close_to_keras, max_abs_diff
-from harness import random_grads, random_params, short_names
+from harness import random_grads, random_params, run_adamx, short_names
 
 import adamx
 from adamx._trees import path_str
@@ -100,15 +99,7 @@ def as_tree(params: Any, variables: list[Any]) -> Any:
 
 
 def adamx_calls(tx: Any, params: Any, state: Any, grads: list[Any], jit: bool) -> Any:
-    def step(params: Any, state: Any, g: Any) -> tuple[Any, Any]:
-        updates, state = tx.update(g, state, params)
-        return optax.apply_updates(params, updates), state
-
-    with contextlib.nullcontext() if jit else jax.disable_jit():
-        step_fn = jax.jit(step) if jit else step
-        for g in grads:
-            params, state = step_fn(params, state, g)
-    return jax.tree.map(np.asarray, params), state
+    return run_adamx(tx, params, grads, jit=jit, state=state)
 
 
 def round_trip(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 import optax
 import pytest
-from harness import random_grads, random_params
+from harness import random_grads, random_params, run_adamx
 
 import adamx
 
@@ -33,25 +32,14 @@ def every_feature() -> optax.GradientTransformation:
     )
 
 
-def train(tx: optax.GradientTransformation, params: Any, state: Any, grads: list[Any]) -> Any:
-    @jax.jit
-    def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    for g in grads:
-        params, state = step(params, state, g)
-    return params, state
-
-
 def test_resume_from_checkpoint_is_bit_identical(tmp_path: Path) -> None:
     tx = every_feature()
     params = jax.tree.map(np.asarray, random_params(0))
     grads = random_grads(0, 24, params)
     grads[14] = jax.tree.map(lambda g: g * np.inf, grads[14])  # a skipped step after the resume
-    straight = train(tx, params, tx.init(params), grads)
+    straight = run_adamx(tx, params, grads)
 
-    params_10, state_10 = train(tx, params, tx.init(params), grads[:10])
+    params_10, state_10 = run_adamx(tx, params, grads[:10])
     checkpointer = ocp.StandardCheckpointer()
     saved = {"params": params_10, "opt_state": state_10}
     checkpointer.save(tmp_path / "step_10", saved)
@@ -66,7 +54,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path: Path) -> None:
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(saved), strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         assert (np.asarray(got) == np.asarray(want)).all()
-    resumed = train(tx, restored["params"], restored["opt_state"], grads[10:])
+    resumed = run_adamx(tx, restored["params"], grads[10:], state=restored["opt_state"])
     for got, expected in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
         assert (np.asarray(got) == np.asarray(expected)).all()
     # The run did exercise what was saved: an EMA, a skipped step, a partial accumulation.
