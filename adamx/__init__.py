@@ -4,6 +4,7 @@ from adamx._accumulation import accumulate_gradients
 from adamx._adam import adam
 from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamx._ema import ParamsEmaState, ema_of_params, ema_params, finalize_variable_values
+from adamx._grouping import GroupedParams, group_leaves, ungroup
 from adamx._hyperparams import LearningRate, Schedule
 from adamx._keras import from_keras_config, from_keras_optimizer, keras_params
 from adamx._loss_scale import (
@@ -32,6 +33,7 @@ __all__ = [
     "DecoupledWeightDecayState",
     "DynamicLossScaleState",
     "Exclusion",
+    "GroupedParams",
     "LearningRate",
     "ParamsEmaState",
     "ScaleByKerasAdamState",
@@ -52,6 +54,7 @@ __all__ = [
     "finalize_variable_values",
     "from_keras_config",
     "from_keras_optimizer",
+    "group_leaves",
     "iterations",
     "keras_params",
     "loss_scale_optimizer",
@@ -60,5 +63,6 @@ __all__ = [
     "skip_missing_gradients",
     "skip_nonfinite_updates",
     "state_shardings",
+    "ungroup",
     "unscale_gradients",
 ]

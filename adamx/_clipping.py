@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._grouping import GroupedParams
 from adamx._trees import compute_dtype
 from adamx._validation import check_real
 
@@ -47,6 +48,12 @@ def clip_by_norm(clipnorm: float) -> optax.GradientTransformation:
         updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, optax.EmptyState]:
         del params
+        if isinstance(updates, GroupedParams):
+            raise ValueError(
+                "`clipnorm` clips each tensor by its own norm, and grouped parameters "
+                "(`adamx.group_leaves`) hold many tensors per buffer; use `global_clipnorm` or "
+                "`clipvalue`, or keep the parameters per leaf."
+            )
         return jax.tree.map(clip_one, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

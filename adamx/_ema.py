@@ -71,22 +71,34 @@ def ema_of_params(
         check_same_structure("updates", updates, "params", params)
         check_same_structure("params", params, "the optimizer state's EMA", state.average)
         k = state.count // steps_per_update
-        new_params = optax.apply_updates(params, updates)
 
-        def average_one(avg: jax.Array, p: jax.Array) -> jax.Array:
+        def blend(avg: jax.Array, p: jax.Array) -> jax.Array:
             dtype = compute_dtype(avg.dtype)
             mu = (k != 0).astype(dtype) * ema_momentum
             return (mu * avg.astype(dtype) + (1 - mu) * p.astype(dtype)).astype(avg.dtype)
 
-        average = jax.tree.map(average_one, state.average, new_params)
-        if ema_overwrite_frequency is not None:
-            overwrite = (k + 1) % ema_overwrite_frequency == 0
-            updates = jax.tree.map(
-                lambda u, avg, p: jnp.where(overwrite, (avg - p).astype(u.dtype), u),
-                updates,
-                average,
-                params,
+        if ema_overwrite_frequency is None:
+            new_params = optax.apply_updates(params, updates)
+            return updates, ParamsEmaState(
+                count=optax.safe_increment(state.count),
+                average=jax.tree.map(blend, state.average, new_params),
             )
+        overwrite = (k + 1) % ema_overwrite_frequency == 0
+
+        def emitted(u: jax.Array, avg: jax.Array, p: jax.Array) -> jax.Array:
+            target = blend(avg, optax.apply_updates(p, u))
+            return jnp.where(overwrite, (target - p).astype(u.dtype), u)
+
+        updates = jax.tree.map(emitted, updates, state.average, params)
+        # The average is read back from the parameters this call produces (the caller's own
+        # `p + u`, which XLA shares), so the step's expensive `u` feeds one kernel and needs
+        # no parameter-sized temporary. After an overwrite it is the parameters, as in Keras.
+        new_params = optax.apply_updates(params, updates)
+        average = jax.tree.map(
+            lambda avg, p: jnp.where(overwrite, p.astype(avg.dtype), blend(avg, p)),
+            state.average,
+            new_params,
+        )
         return updates, ParamsEmaState(count=optax.safe_increment(state.count), average=average)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -61,7 +61,14 @@ def _as_bool(value: Any, path: str) -> bool:
 
 
 def decay_mask(params: Any, exclude_from_weight_decay: Exclusion = None) -> Any:
-    """A pytree of Python bools shaped like `params`: True where the leaf is decayed."""
+    """A pytree of Python bools shaped like `params`: True where the leaf is decayed.
+
+    For `adamx.group_leaves` parameters, one bool per buffer, from the leaves it holds."""
+    from adamx._grouping import GroupedParams, group_flags  # grouping itself uses decay_mask
+
+    if isinstance(params, GroupedParams):
+        leaf_mask = decay_mask(params.leaf_specs(), exclude_from_weight_decay)
+        return group_flags(params, leaf_mask, "`exclude_from_weight_decay`")
     exclude = exclude_from_weight_decay
     patterns = _patterns(exclude)
     if exclude is None or patterns is not None:

@@ -205,6 +205,15 @@ def optax_composition() -> tuple[Callable[[Any], Any], Callable[..., tuple[Any, 
     return init, step
 
 
+def grouped_step(tx: optax.GradientTransformation, group_grads: bool) -> Callable[..., Any]:
+    """A step on `adamx.group_leaves` parameters; with `group_grads`, the gradients arrive per
+    leaf and are grouped inside the step (one concatenation per buffer)."""
+    step = optax_step(tx)
+    if not group_grads:
+        return step
+    return lambda grouped, state, grads: step(grouped, state, adamx.group_leaves(grads))
+
+
 def keras_candidate(
     name: str, kwargs: dict[str, Any], params: Any, grads: Any, size: int
 ) -> Candidate | None:
@@ -235,56 +244,67 @@ def keras_candidate(
     return jax_candidate(name, init, step, [v.value for v in variables], leaves, size)
 
 
-def torch_candidates(params: Any, size: int) -> list[Candidate]:
+def torch_candidate(mode: str, params: Any) -> Candidate | None:
     try:
         import torch
     except ImportError:
-        return []
-    tensors = [torch.from_numpy(np.array(x)) for x in jax.tree.leaves(params)]
-    candidates = []
-    for mode in ("fused", "foreach"):
-        weights = [torch.nn.Parameter(t.clone()) for t in tensors]
-        for w in weights:
-            w.grad = torch.full_like(w, 0.01)
-        flags: dict[str, Any] = {mode: True}
-        optimizer = torch.optim.Adam(weights, lr=1e-3, eps=1e-7, **flags)
-        optimizer.step()  # allocates the state
-
-        def run(optimizer: Any = optimizer) -> None:
-            optimizer.step()
-
-        candidates.append(
-            Candidate(f"torch.optim.Adam({mode}=True)", run, state_bytes_per_param=8.0)
-        )
-    return candidates
+        return None
+    weights = [torch.nn.Parameter(torch.from_numpy(np.array(x))) for x in jax.tree.leaves(params)]
+    for w in weights:
+        w.grad = torch.full_like(w, 0.01)
+    flags: dict[str, Any] = {mode: True}
+    optimizer = torch.optim.Adam(weights, lr=1e-3, eps=1e-7, **flags)
+    optimizer.step()  # allocates the state
+    return Candidate(f"torch.optim.Adam({mode}=True)", optimizer.step, state_bytes_per_param=8.0)
 
 
-def candidates_for(params: Any, grads: Any, size: int, with_torch: bool) -> list[Candidate]:
-    optax_adam = optax.adam(1e-3, eps=1e-7)
-    out = [
-        jax_candidate("optax.adam", optax_adam.init, optax_step(optax_adam), params, grads, size)
-    ]
-    for name, tx in {
-        "adamx.adam()": adamx.adam(),
-        "adamx.adam(amsgrad=True)": adamx.adam(amsgrad=True),
-        "adamx.adam(all features)": adamx.adam(**ALL_FEATURES),
-        "adamx.adam(all + accum. 4)": adamx.adam(**WITH_ACCUMULATION),
-    }.items():
-        out.append(jax_candidate(name, tx.init, optax_step(tx), params, grads, size))
-    init, step = optax_composition()
-    out.append(jax_candidate("optax clip+adamw+EMA", init, step, params, grads, size))
-    keras_configs = {
-        "keras Adam()": {},
-        "keras Adam(all features)": ALL_FEATURES,
-        "keras Adam(all + accum. 4)": WITH_ACCUMULATION,
+def candidates_for(
+    params: Any, grads: Any, size: int, with_torch: bool, only: str | None = None
+) -> list[Candidate]:
+    """Builds (and compiles) the candidates; `only` keeps those whose name matches it, plus
+    the `optax.adam` baseline."""
+    grouped_params, grouped_grads = adamx.group_leaves(params), adamx.group_leaves(grads)
+
+    def jax_one(tx: optax.GradientTransformation) -> Callable[[str], Candidate]:
+        return lambda name: jax_candidate(name, tx.init, optax_step(tx), params, grads, size)
+
+    def grouped(group_grads: bool) -> Callable[[str], Candidate]:
+        tx = adamx.adam()
+        step = grouped_step(tx, group_grads)
+        inputs = (grouped_params, grads if group_grads else grouped_grads)
+        return lambda name: jax_candidate(name, tx.init, step, *inputs, size)
+
+    def composition(name: str) -> Candidate:
+        return jax_candidate(name, *optax_composition(), params, grads, size)
+
+    def keras(kwargs: dict[str, Any]) -> Callable[[str], Candidate | None]:
+        return lambda name: keras_candidate(name, kwargs, params, grads, size)
+
+    def torch(mode: str) -> Callable[[str], Candidate | None]:
+        return lambda name: torch_candidate(mode, params) if with_torch else None
+
+    builders: dict[str, Callable[[str], Candidate | None]] = {
+        "optax.adam": jax_one(optax.adam(1e-3, eps=1e-7)),
+        "adamx.adam()": jax_one(adamx.adam()),
+        "adamx.adam(amsgrad=True)": jax_one(adamx.adam(amsgrad=True)),
+        "adamx.adam(all features)": jax_one(adamx.adam(**ALL_FEATURES)),
+        "adamx.adam(all + accum. 4)": jax_one(adamx.adam(**WITH_ACCUMULATION)),
+        "adamx grouped": grouped(group_grads=False),
+        "adamx grouped, leaf grads": grouped(group_grads=True),
+        "optax clip+adamw+EMA": composition,
+        "keras Adam()": keras({}),
+        "keras Adam(all features)": keras(ALL_FEATURES),
+        "keras Adam(all + accum. 4)": keras(WITH_ACCUMULATION),
+        "torch.optim.Adam(fused=True)": torch("fused"),
+        "torch.optim.Adam(foreach=True)": torch("foreach"),
     }
-    for name, kwargs in keras_configs.items():
-        keras = keras_candidate(name, kwargs, params, grads, size)
-        if keras is not None:
-            out.append(keras)
-    if with_torch:
-        out.extend(torch_candidates(params, size))
-    return out
+    chosen = [
+        (name, build)
+        for name, build in builders.items()
+        if name == "optax.adam" or only is None or re.search(only, name)
+    ]
+    candidates = (build(name) for name, build in chosen)
+    return [c for c in candidates if c is not None]
 
 
 # --- measurement -----------------------------------------------------------------------------
@@ -383,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trees", nargs="+", choices=list(TREES), default=list(TREES))
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate")
     parser.add_argument("--no-torch", action="store_true", help="leave torch out")
+    parser.add_argument(
+        "--only", type=str, default=None, help="a regex: run only the optimizers it matches"
+    )
     parser.add_argument("--scale", type=float, default=None, help="tree size factor (1 = full)")
     args = parser.parse_args(argv)
     scale, repeats, calls = (0.0625, 5, 3) if args.quick else (1.0, 11, 4)
@@ -390,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = repeats if args.repeats is None else args.repeats
     if not 0 < scale <= 4 or repeats < 1:
         parser.error("--scale must be in (0, 4] and --repeats >= 1")
+    try:
+        re.compile(args.only or "")
+    except re.error as error:
+        parser.error(f"--only is not a regular expression: {error}")
     floor = bandwidth_floor(64 if args.quick else 256)
     device = jax.devices()[0]
     machine = {
@@ -413,7 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         grads = materialize(shapes, 1)
         leaves = jax.tree.leaves(params)
         size = sum(x.size for x in leaves)
-        candidates = candidates_for(params, grads, size, with_torch=not args.no_torch)
+        candidates = candidates_for(
+            params, grads, size, with_torch=not args.no_torch, only=args.only
+        )
         measure(candidates, repeats, calls)
         rows = rows_for(tree, candidates, size, floor)
         print_table(rows, tree, size, len(leaves))

@@ -247,6 +247,21 @@ def check_readme_snippet() -> None:
     print(f"--- README sharding snippet ran on {jax.device_count()} devices")
 
 
+def check_grouping_refuses_sharded() -> None:
+    """`group_leaves` would re-lay-out a sharded parameter into one flat buffer: refused."""
+    mesh = make_mesh("fsdp", "auto")
+    sharded = {"w": jax.device_put(jnp.ones((8, 4)), NamedSharding(mesh, P("fsdp")))}
+    try:
+        adamx.group_leaves(sharded)
+    except ValueError as error:
+        assert "sharded parameter 'w'" in str(error), error
+    else:
+        raise AssertionError("group_leaves accepted a sharded parameter")
+    replicated = {"w": jax.device_put(jnp.ones((8, 4)), NamedSharding(mesh, P()))}
+    assert adamx.group_leaves(replicated).buffers[0].shape == (32,)
+    print("--- group_leaves refuses sharded parameters and accepts replicated ones")
+
+
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     axis_types = ["auto"] + (["explicit"] if AxisType is not None else [])
@@ -256,6 +271,7 @@ def main() -> None:
         check_global_norm(layout)
     check_data_parallel()
     check_readme_snippet()
+    check_grouping_refuses_sharded()
     print("sharded checks ok")
 
 
