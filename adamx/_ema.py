@@ -34,6 +34,7 @@ def ema_of_params(
         avg <- mu * avg + (1 - mu) * p'
         if ema_overwrite_frequency and (k + 1) % ema_overwrite_frequency == 0:
             emit avg - p                     # so that apply_updates sets p to the average
+            avg <- p + (avg - p)             # the parameters as set (== avg unless |avg| << |p|)
         else:
             emit u unchanged
 

@@ -13,11 +13,14 @@ For each parameter tree and each optimizer it compiles `step(params, state, grad
   (fusions and other non-trivial instructions) in the compiled step.
 
 Runs on whatever JAX's default device is (CPU, GPU or TPU). `--quick` uses smaller trees and
-fewer repeats; `--json PATH` writes every figure. torch (`fused=True` and `foreach=True`) joins
-when it is installed. "all features" is global clipping, weight decay with exclusions, EMA with
-overwrite and a static loss scale; "all + accum. 4" adds gradient accumulation over 4 calls
-(times are per call). For steps with accumulation, XLA's bytes accessed count both branches of
-the accumulation's conditional, not an average call.
+fewer repeats; `--only REGEX` runs the matching optimizers (and the `optax.adam` baseline);
+`--json PATH` writes every figure. torch (`fused=True` and `foreach=True`) joins when it is
+installed. "all features" is global clipping, weight decay with exclusions, EMA with overwrite
+and a static loss scale; "all + accum. 4" adds gradient accumulation over 4 calls (times are
+per call; `optax.MultiSteps` runs the whole update on every call and selects its result).
+"adamx grouped" is `adamx.adam()` on `adamx.group_leaves` parameters and gradients (one flat
+buffer per dtype); "grouped, leaf grads" receives per-leaf gradients and groups them inside the
+step, the cost of a model whose gradients are not computed through `ungroup()`.
 """
 
 from __future__ import annotations

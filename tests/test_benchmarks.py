@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jax
 import optax
@@ -43,6 +44,40 @@ def test_default_step_moves_no_more_bytes_and_kernels_than_optax(tree: str) -> N
     assert our_passes <= passes and our_kernels <= kernels and our_state == state == 8.0
 
 
+def compiled_step(tx: optax.GradientTransformation, params: Any, grads: Any) -> Any:
+    step = jax.jit(benchmarks.optax_step(tx), donate_argnums=(0, 1))
+    return step.lower(params, tx.init(params), grads).compile()
+
+
+def test_features_add_only_the_passes_their_state_needs() -> None:
+    """All features on: one read of the gradients for the global norm, and the EMA's own
+    traffic (read the new parameters and the average, write the average; the overwrite reads
+    the average once more). No parameter-sized temporary, which XLA:CPU would page-fault on
+    every call."""
+    params = benchmarks.materialize(benchmarks.one_tensor(0.01), 0)
+    grads = benchmarks.materialize(benchmarks.one_tensor(0.01), 1)
+    size = params["w"].size
+    passes, temporaries = {}, {}
+    for name, tx in {
+        "default": adamx.adam(),
+        "all": adamx.adam(**benchmarks.ALL_FEATURES),
+    }.items():
+        compiled = compiled_step(tx, params, grads)
+        passes[name] = benchmarks.bytes_accessed(compiled) / size / benchmarks.BYTES_PER_PASS
+        temporaries[name] = compiled.memory_analysis().temp_size_in_bytes / (4 * size)
+    print(passes, temporaries)
+    assert passes["all"] <= passes["default"] + 1 + 3 + 1 + 0.01
+    assert max(temporaries.values()) < 0.01
+
+
+def test_grouped_step_launches_a_handful_of_kernels() -> None:
+    params = benchmarks.materialize(benchmarks.many_small(0.05), 0)  # 100 tensors
+    tx = adamx.adam()
+    per_leaf = benchmarks.count_kernels(compiled_step(tx, params, params))
+    grouped = adamx.group_leaves(params)
+    assert benchmarks.count_kernels(compiled_step(tx, grouped, grouped)) <= 10 < 3 * 100 <= per_leaf
+
+
 def test_kernel_count_grows_with_the_number_of_tensors() -> None:
     tx = optax.adam(1e-3)
 
@@ -70,6 +105,15 @@ def test_main_writes_a_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "optax.adam" in capsys.readouterr().out
 
 
-def test_bad_flags() -> None:
+def test_only_keeps_the_matching_optimizers_and_the_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--trees", "many_small", "--scale", "0.005", "--repeats", "1", "--only", "grouped"]
+    assert benchmarks.main([*argv, "--json", str(out)]) == 0
+    names = [row["optimizer"] for row in json.loads(out.read_text())["results"]]
+    assert names == ["optax.adam", "adamx grouped", "adamx grouped, leaf grads"]
+
+
+@pytest.mark.parametrize("argv", [["--scale", "0"], ["--only", "("]], ids=["scale", "only"])
+def test_bad_flags(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
-        benchmarks.main(["--scale", "0"])
+        benchmarks.main(argv)
