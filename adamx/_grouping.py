@@ -136,22 +136,17 @@ def group_leaves(params: Any, exclude_from_weight_decay: Exclusion = None) -> Gr
     groups: dict[tuple[str, bool], list[int]] = {}
     for index, ((_, leaf), decay) in enumerate(zip(leaves_with_paths, decayed, strict=True)):
         groups.setdefault((jnp.result_type(leaf).name, decay), []).append(index)
-    names, dtypes, buffers = [], [], []
-    slots: list[_Slot | None] = [None] * len(leaves_with_paths)
+    names, dtypes, buffers, slots = [], [], [], {}
     for group, ((dtype, decay), members) in enumerate(groups.items()):
         names.append(dtype if decay else f"{dtype}_no_decay")
         dtypes.append(dtype)
-        offset = 0
-        for index in members:
-            leaf = jnp.asarray(leaves_with_paths[index][1])
-            slots[index] = _Slot(group, offset, tuple(leaf.shape))
-            offset += leaf.size
-        buffers.append(
-            jnp.concatenate([jnp.ravel(leaves_with_paths[i][1]) for i in members]).astype(dtype)
-        )
-    layout = GroupLayout(
-        treedef, paths, tuple(names), tuple(dtypes), tuple(s for s in slots if s is not None)
-    )
+        leaves = [jnp.asarray(leaves_with_paths[index][1], dtype) for index in members]
+        offsets = np.cumsum([0] + [leaf.size for leaf in leaves])
+        for index, offset, leaf in zip(members, offsets[:-1], leaves, strict=True):
+            slots[index] = _Slot(group, int(offset), tuple(leaf.shape))
+        buffers.append(jnp.concatenate([jnp.ravel(leaf) for leaf in leaves]))
+    ordered_slots = tuple(slots[index] for index in range(len(leaves_with_paths)))
+    layout = GroupLayout(treedef, paths, tuple(names), tuple(dtypes), ordered_slots)
     return GroupedParams(buffers, layout)
 
 
@@ -163,26 +158,21 @@ def ungroup(grouped: GroupedParams) -> Any:
     return grouped.ungroup()
 
 
-def group_flags(grouped: GroupedParams, leaf_flags: Any, what: str) -> GroupedParams:
-    """Per-leaf Python booleans (a tree like the original) -> one boolean per buffer; each
-    buffer must be all True or all False."""
-    flags = jax.tree.leaves(leaf_flags)
-    per_group: list[bool] = []
-    for group, name in enumerate(grouped.layout.groups):
-        members = [
-            (path, flag)
-            for path, slot, flag in zip(
-                grouped.layout.paths, grouped.layout.slots, flags, strict=True
-            )
-            if slot.group == group
-        ]
-        values = {flag for _, flag in members}
-        if len(values) > 1:
-            listed = ", ".join(f"{path}={flag}" for path, flag in members[:6])
+def group_flags(grouped: GroupedParams, leaf_flags: Any) -> GroupedParams:
+    """Per-leaf weight-decay flags (a tree like the original) -> one flag per buffer; a buffer
+    whose leaves disagree is an error."""
+    members: list[list[tuple[str, bool]]] = [[] for _ in grouped.layout.groups]
+    layout = grouped.layout
+    for path, slot, flag in zip(
+        layout.paths, layout.slots, jax.tree.leaves(leaf_flags), strict=True
+    ):
+        members[slot.group].append((path, flag))
+    for name, group in zip(layout.groups, members, strict=True):
+        if len({flag for _, flag in group}) > 1:
+            listed = ", ".join(f"{path}={flag}" for path, flag in group[:6])
             raise ValueError(
-                f"The grouped buffer '{name}' mixes leaves that {what} treats differently "
-                f"({listed}, ...). Group with the same `exclude_from_weight_decay`: "
+                f"The grouped buffer '{name}' mixes leaves that `exclude_from_weight_decay` "
+                f"treats differently ({listed}, ...). Group with the same exclusion: "
                 "`adamx.group_leaves(params, exclude_from_weight_decay=...)`."
             )
-        per_group.append(values.pop() if values else True)
-    return GroupedParams(per_group, grouped.layout)
+    return GroupedParams([group[0][1] for group in members], layout)

@@ -68,7 +68,7 @@ def decay_mask(params: Any, exclude_from_weight_decay: Exclusion = None) -> Any:
 
     if isinstance(params, GroupedParams):
         leaf_mask = decay_mask(params.leaf_specs(), exclude_from_weight_decay)
-        return group_flags(params, leaf_mask, "`exclude_from_weight_decay`")
+        return group_flags(params, leaf_mask)
     exclude = exclude_from_weight_decay
     patterns = _patterns(exclude)
     if exclude is None or patterns is not None:

@@ -266,16 +266,18 @@ def candidates_for(
 ) -> list[Candidate]:
     """Builds (and compiles) the candidates; `only` keeps those whose name matches it, plus
     the `optax.adam` baseline."""
-    grouped_params, grouped_grads = adamx.group_leaves(params), adamx.group_leaves(grads)
 
     def jax_one(tx: optax.GradientTransformation) -> Callable[[str], Candidate]:
         return lambda name: jax_candidate(name, tx.init, optax_step(tx), params, grads, size)
 
     def grouped(group_grads: bool) -> Callable[[str], Candidate]:
-        tx = adamx.adam()
-        step = grouped_step(tx, group_grads)
-        inputs = (grouped_params, grads if group_grads else grouped_grads)
-        return lambda name: jax_candidate(name, tx.init, step, *inputs, size)
+        def build(name: str) -> Candidate:
+            tx, grouped_params = adamx.adam(), adamx.group_leaves(params)
+            step_grads = grads if group_grads else adamx.group_leaves(grads)
+            step = grouped_step(tx, group_grads)
+            return jax_candidate(name, tx.init, step, grouped_params, step_grads, size)
+
+        return build
 
     def composition(name: str) -> Candidate:
         return jax_candidate(name, *optax_composition(), params, grads, size)
