@@ -1,6 +1,6 @@
 """adamx: Keras 3's Adam, every argument, as composable Optax gradient transformations."""
 
-from adamx._accumulation import accumulate_gradients
+from adamx._accumulation import AccumulateGradientsState, accumulate_gradients
 from adamx._adam import adam
 from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamx._ema import ParamsEmaState, ema_of_params, ema_params, finalize_variable_values
@@ -30,6 +30,7 @@ from adamx._weight_decay import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccumulateGradientsState",
     "DecoupledWeightDecayState",
     "DynamicLossScaleState",
     "Exclusion",

@@ -9,6 +9,7 @@ import optax
 
 from adamx._accumulation import accumulate_gradients
 from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from adamx._commit import mark_honours_commit, zero_uncommitted
 from adamx._ema import ema_of_params
 from adamx._hyperparams import LearningRate, at_keras_step, learning_rate_schedule
 from adamx._loss_scale import unscale_gradients
@@ -143,7 +144,7 @@ def adam(
 
         g <- g / loss_scale_factor                     unscale_gradients
         drop parameters whose gradient is None         skip_missing_gradients
-        sum N calls, continue with the mean            accumulate_gradients (optax.MultiSteps)
+        sum N calls, continue with the mean            accumulate_gradients
           g <- clip(g)                                 clip_by_norm | _by_value | _by_global_norm
           m, v, step = (m*alpha) / (sqrt(v) + eps)     scale_by_keras_adam (lr inside alpha)
           p <- (p - p*weight_decay*lr) - step          decoupled_weight_decay
@@ -166,7 +167,10 @@ def adam(
     parameters compute their hyper-parameter arithmetic in float32 (Keras
     computes it in the parameter dtype, where bfloat16 parameters never move with the default
     `beta_2`). `name` names the update in profiles (`jax.named_scope`). Read counters with
-    `adamx.iterations(state)` and `adamx.current_learning_rate(state)`.
+    `adamx.iterations(state)` and `adamx.current_learning_rate(state)`. The update accepts a
+    `commit` extra argument (a boolean scalar; where it is False the call changes nothing), which
+    `skip_nonfinite_updates`, `loss_scale_optimizer` and accumulation pass down so that XLA
+    updates the state in place (see `adamx._commit`).
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -200,7 +204,9 @@ def adam(
                 exclude_from_weight_decay=exclude_from_weight_decay,
             )
         )
-    real_update = optax.chain(*(t for t in update if t is not None))
+    # Every stateful step honours `commit`, and the last one zeroes uncommitted updates.
+    update.append(zero_uncommitted())
+    real_update = mark_honours_commit(optax.chain(*(t for t in update if t is not None)))
 
     steps: list[optax.GradientTransformation] = []
     if loss_scale_factor is not None:
@@ -216,7 +222,7 @@ def adam(
                 steps_per_update=gradient_accumulation_steps or 1,
             )
         )
-    tx = optax.chain(*steps)
+    tx = mark_honours_commit(optax.chain(*steps))
     if skip_nonfinite:
         tx = skip_nonfinite_updates(tx)
-    return _checked_and_named(name, tx)
+    return mark_honours_commit(_checked_and_named(name, tx))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._commit import commit_state
 from adamx._state import find_state
 from adamx._trees import check_same_structure, compute_dtype
 from adamx._validation import check_int, check_real
@@ -23,7 +24,7 @@ def ema_of_params(
     ema_overwrite_frequency: int | None = None,
     *,
     steps_per_update: int = 1,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Tracks an EMA of the parameters after each update; optionally overwrites them with it.
 
     Keras's `use_ema`, `ema_momentum` and `ema_overwrite_frequency`. With `p' = p + u` the
@@ -43,7 +44,8 @@ def ema_of_params(
     has no parameter EMA (`optax.ema` averages updates). Differences from Keras: the overwrite
     is a selection, so a non-finite average never leaks into parameters that are not being
     overwritten; float16/bfloat16 averages are computed in float32 and stored in their dtype.
-    Read the average with `adamx.ema_params(state)`.
+    Read the average with `adamx.ema_params(state)`. Given `commit` (see `adamx._commit`), a
+    call where it is False keeps the state and does not overwrite.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -65,13 +67,20 @@ def ema_of_params(
         return ParamsEmaState(count=jnp.zeros([], jnp.int32), average=optax.tree.zeros_like(params))
 
     def update_fn(
-        updates: optax.Updates, state: ParamsEmaState, params: optax.Params | None = None
+        updates: optax.Updates,
+        state: ParamsEmaState,
+        params: optax.Params | None = None,
+        *,
+        commit: jax.Array | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, ParamsEmaState]:
+        del extra_args
         if params is None:
             raise ValueError("ema_of_params needs `params`: call update(grads, state, params).")
         check_same_structure("updates", updates, "params", params)
         check_same_structure("params", params, "the optimizer state's EMA", state.average)
         k = state.count // steps_per_update
+        count = commit_state(commit, optax.safe_increment(state.count), state.count)
 
         def blend(avg: jax.Array, p: jax.Array) -> jax.Array:
             dtype = compute_dtype(avg.dtype)
@@ -80,11 +89,11 @@ def ema_of_params(
 
         if ema_overwrite_frequency is None:
             new_params = optax.apply_updates(params, updates)
-            return updates, ParamsEmaState(
-                count=optax.safe_increment(state.count),
-                average=jax.tree.map(blend, state.average, new_params),
-            )
+            average = jax.tree.map(blend, state.average, new_params)
+            return updates, ParamsEmaState(count, commit_state(commit, average, state.average))
         overwrite = (k + 1) % ema_overwrite_frequency == 0
+        if commit is not None:
+            overwrite = overwrite & commit
 
         def emitted(u: jax.Array, avg: jax.Array, p: jax.Array) -> jax.Array:
             target = blend(avg, optax.apply_updates(p, u))
@@ -100,9 +109,9 @@ def ema_of_params(
             state.average,
             new_params,
         )
-        return updates, ParamsEmaState(count=optax.safe_increment(state.count), average=average)
+        return updates, ParamsEmaState(count, commit_state(commit, average, state.average))
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def ema_params(state: Any) -> optax.Params:

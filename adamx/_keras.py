@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adamx._accumulation import AccumulateGradientsState
 from adamx._adam import adam
 from adamx._ema import ParamsEmaState
 from adamx._hyperparams import at_keras_step, learning_rate_schedule
@@ -304,7 +305,7 @@ def from_keras_optimizer(
     rate = at_keras_step(learning_rate_schedule(adam_arguments.get("learning_rate", 0.001)), steps)
     known = (
         DynamicLossScaleState,
-        optax.MultiStepsState,
+        AccumulateGradientsState,
         ScaleByKerasAdamState,
         DecoupledWeightDecayState,
         ParamsEmaState,
@@ -320,12 +321,12 @@ def from_keras_optimizer(
                 growth_count=count(int(np.asarray(scaler.step_counter.value))),
                 inner_state=move_all(node.inner_state),
             )
-        if isinstance(node, optax.MultiStepsState):
+        if isinstance(node, AccumulateGradientsState):
             return node._replace(
                 mini_step=count(calls % steps),
                 gradient_step=count(updates),
                 acc_grads=slot(inner._accumulated_gradients, node.acc_grads),
-                inner_opt_state=move_all(node.inner_opt_state),
+                inner_state=move_all(node.inner_state),
             )
         if isinstance(node, ScaleByKerasAdamState):
             return node._replace(

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._nonfinite import all_finite, unchanged_params
+from adamx._commit import commit_state, mark_honours_commit, update_committed
+from adamx._nonfinite import all_finite
 from adamx._state import find_state
 from adamx._validation import check_int, check_real, check_transformation
 
@@ -48,6 +49,15 @@ def unscale_gradients(loss_scale_factor: float) -> optax.GradientTransformation:
         return jax.tree.map(lambda g: g / loss_scale_factor, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _unscale(g: jax.Array, scale: jax.Array) -> jax.Array:
+    # XLA:CPU runs Keras's float32 `g / S` as `g * fl(1/S)` (exact for the usual powers of two).
+    # Written as that product, XLA fuses it into each kernel that reads `g`; a division by a
+    # traced scalar it would compute once and write to memory. float64 divides truly.
+    if jnp.result_type(g, scale) == jnp.float32:
+        return g * (1.0 / scale)
+    return g / scale
 
 
 def loss_scale_optimizer(
@@ -105,23 +115,29 @@ def loss_scale_optimizer(
         updates: optax.Updates,
         state: DynamicLossScaleState,
         params: optax.Params | None = None,
+        *,
+        commit: jax.Array | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, DynamicLossScaleState]:
         finite = all_finite(updates)
         scale = state.loss_scale
         # Like Keras, unscaling promotes to float32: a float16 gradient unscaled in float16 would
         # underflow, which is what scaling the loss was for.
-        unscaled = jax.tree.map(lambda g: g / scale, updates)
-        inner_updates, inner_state = inner.update(unscaled, state.inner_state, params, **extra_args)
-        grow = finite & (state.growth_count == dynamic_growth_steps - 1)
-        new_state = DynamicLossScaleState(
-            loss_scale=jnp.where(finite, jnp.where(grow, scale * 2.0, scale), scale * 0.5),
-            growth_count=jnp.where(finite & ~grow, state.growth_count + 1, 0).astype(jnp.int32),
-            inner_state=optax.tree.where(finite, inner_state, state.inner_state),
+        unscaled = jax.tree.map(lambda g: _unscale(g, scale), updates)
+        inner_commit = finite if commit is None else finite & commit
+        inner_updates, inner_state = update_committed(
+            inner, inner_commit, unscaled, state.inner_state, params, **extra_args
         )
-        return optax.tree.where(finite, inner_updates, unchanged_params(inner_updates)), new_state
+        grow = finite & (state.growth_count == dynamic_growth_steps - 1)
+        loss_scale = jnp.where(finite, jnp.where(grow, scale * 2.0, scale), scale * 0.5)
+        growth_count = jnp.where(finite & ~grow, state.growth_count + 1, 0).astype(jnp.int32)
+        return inner_updates, DynamicLossScaleState(
+            loss_scale=commit_state(commit, loss_scale, scale),
+            growth_count=commit_state(commit, growth_count, state.growth_count),
+            inner_state=inner_state,
+        )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return mark_honours_commit(optax.GradientTransformationExtraArgs(init_fn, update_fn))
 
 
 def scale_loss(loss: jax.typing.ArrayLike, state: Any) -> jax.Array:

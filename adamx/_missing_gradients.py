@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._accumulation import AccumulateGradientsState
 from adamx._trees import path_str
 from adamx._validation import check_transformation
 
@@ -19,17 +20,28 @@ def _is_none(x: Any) -> bool:
 
 def _keep_missing(new: Any, old: Any, present: Any, params_def: Any) -> Any:
     """Per-parameter state subtrees (shaped like params) keep their old leaves where the
-    gradient is missing; everything else (counters, scalars) takes its new value."""
+    gradient is missing; everything else (counters, scalars) takes its new value. Accumulators
+    take their new value too: a missing gradient adds zero to them, and their old value may be
+    a finished cycle's sum that this call discards."""
 
     def shaped_like_params(node: Any) -> bool:
         return jax.tree.structure(node) == params_def
 
+    def accumulator(node: Any) -> bool:
+        return isinstance(node, AccumulateGradientsState)
+
     def select(n: Any, o: Any) -> Any:
+        if accumulator(n):
+            return n._replace(
+                inner_state=_keep_missing(n.inner_state, o.inner_state, present, params_def)
+            )
         if not shaped_like_params(n):
             return n
         return jax.tree.map(lambda nl, ol, keep: nl if keep else ol, n, o, present)
 
-    return jax.tree.map(select, new, old, is_leaf=shaped_like_params)
+    return jax.tree.map(
+        select, new, old, is_leaf=lambda node: accumulator(node) or shaped_like_params(node)
+    )
 
 
 def skip_missing_gradients(
@@ -75,9 +87,11 @@ def skip_missing_gradients(
         filled = jax.tree.map(
             lambda g, p: jnp.zeros_like(p) if g is None else g, updates, params, is_leaf=_is_none
         )
-        new_updates, new_state = inner.update(filled, state, params, **extra_args)
+        new_updates, new_state = inner.update(
+            filled, state, params, has_gradient=present, **extra_args
+        )
         new_updates = jax.tree.map(
-            lambda u, keep: u if keep else jnp.zeros_like(u), new_updates, present
+            lambda u, keep: u if keep else jnp.full_like(u, -0.0), new_updates, present
         )
         params_def = jax.tree.structure(params)
         return new_updates, _keep_missing(new_state, state, present, params_def)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._commit import commit_state
 from adamx._hyperparams import LearningRate, learning_rate_schedule
 from adamx._trees import check_floating, check_same_structure, compute_dtype, tree_map_multi
 from adamx._validation import check_bool, check_real
@@ -53,7 +54,7 @@ def scale_by_keras_adam(
     learning_rate: LearningRate = 1.0,
     nesterov: bool = False,
     mu_dtype: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Rescales gradients by Keras's Adam rule, with epsilon-hat and the learning rate inside.
 
     With `t` the number of this update (1 on the first) and `lr` the learning rate at `t - 1`::
@@ -81,6 +82,10 @@ def scale_by_keras_adam(
     (multiplying afterwards changes bits). float16 and bfloat16 parameters keep their moments in
     their own dtype (Keras's slots) but compute in float32; Keras computes in the low precision,
     where bfloat16 rounds `beta_2 = 0.999` to 1 and parameters never move.
+
+    Given `commit` (a boolean scalar extra argument, see `adamx._commit`), the state is kept
+    where it is False, and the output is computed from the kept moments, so that XLA updates
+    them in place instead of copying them.
 
     Args:
       beta_1: decay of the first moment, in [0, 1).
@@ -123,9 +128,14 @@ def scale_by_keras_adam(
         )
 
     def update_fn(
-        updates: optax.Updates, state: ScaleByKerasAdamState, params: optax.Params | None = None
+        updates: optax.Updates,
+        state: ScaleByKerasAdamState,
+        params: optax.Params | None = None,
+        *,
+        commit: jax.Array | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByKerasAdamState]:
-        del params
+        del params, extra_args
         check_same_structure("updates", updates, "the optimizer state's moments", state.nu)
         learning_rate = schedule(state.count)
         step = optax.safe_increment(state.count)
@@ -151,13 +161,18 @@ def scale_by_keras_adam(
                     scalars[dtype] = (lr * jnp.sqrt(1 - b2_power) / (1 - b1_power),)
             return scalars[dtype]
 
+        def keep_unless_committed(new: jax.Array, old: jax.Array) -> jax.Array:
+            # Selected in the compute dtype, so the step below reads what the state stores
+            # (for float32, the very buffer XLA then updates in place).
+            return new if commit is None else jnp.where(commit, new, old.astype(new.dtype))
+
         def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: jax.Array) -> tuple[Any, ...]:
             dtype = compute_dtype(v.dtype, m.dtype)
-            g, m, v = g.astype(dtype), m.astype(dtype), v.astype(dtype)
-            m = m + (g - m) * (1 - beta_1)
-            v = v + (jnp.square(g) - v) * (1 - beta_2)
+            g, m_old, v_old = g.astype(dtype), m.astype(dtype), v.astype(dtype)
+            m = keep_unless_committed(m_old + (g - m_old) * (1 - beta_1), m_old)
+            v = keep_unless_committed(v_old + (jnp.square(g) - v_old) * (1 - beta_2), v_old)
             if amsgrad:
-                v_max = jnp.maximum(v_max.astype(dtype), v)
+                v_max = keep_unless_committed(jnp.maximum(v_max.astype(dtype), v), v_max)
             root_v = jnp.sqrt(v_max if amsgrad else v)
             if nesterov:
                 lr_root, b1_next_correction, b1_correction = step_scalars(dtype)
@@ -170,12 +185,13 @@ def scale_by_keras_adam(
 
         nu_max = state.nu_max if amsgrad else state.nu
         out, mu, nu, nu_max = tree_map_multi(one_leaf, 4, updates, state.mu, state.nu, nu_max)
+        counters = commit_state(commit, (step, rate(step)), (state.count, state.learning_rate))
         return optax.tree.cast_like(out, state.nu), ScaleByKerasAdamState(
-            count=step,
-            learning_rate=rate(step),
+            count=counters[0],
+            learning_rate=counters[1],
             mu=optax.tree.cast_like(mu, state.mu),
             nu=optax.tree.cast_like(nu, state.nu),
             nu_max=optax.tree.cast_like(nu_max, state.nu) if amsgrad else None,
         )
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

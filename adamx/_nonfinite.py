@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._commit import commit_state, mark_honours_commit, update_committed
 from adamx._validation import check_transformation
 
 
@@ -18,14 +19,10 @@ class SkipNonFiniteState(NamedTuple):
 
 def all_finite(tree: Any) -> jax.Array:
     """True if every element of every (non-None) leaf is finite; True for an empty tree."""
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+    # `sum(x - x)` is NaN exactly when some element is not finite, and cannot overflow. It is
+    # one plain reduction over `x`, where `all(isfinite(x))` makes XLA:CPU write a byte mask.
+    leaves = [jnp.isfinite(jnp.sum(leaf - leaf)) for leaf in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def unchanged_params(updates: Any) -> Any:
-    """Updates that leave every parameter bit-identical: `p + (-0.0)` is `p`, signed zeros
-    included (`+0.0` would turn a `-0.0` parameter into `+0.0`)."""
-    return jax.tree.map(lambda u: jnp.full_like(u, -0.0), updates)
 
 
 def skip_nonfinite_updates(
@@ -45,6 +42,8 @@ def skip_nonfinite_updates(
     NaN gradients and the parameters become NaN; `adamx.adam` does the same by default);
     `loss_scale_optimizer` skips the same way and also adjusts its scale. Unlike
     `optax.apply_if_finite`, there is no limit after which non-finite updates go through.
+    Around an adamx optimizer the decision is passed down as `commit` (see `adamx._commit`), so
+    the moments are updated in place rather than copied.
 
     Example:
       >>> import jax.numpy as jnp, adamx
@@ -64,14 +63,18 @@ def skip_nonfinite_updates(
         updates: optax.Updates,
         state: SkipNonFiniteState,
         params: optax.Params | None = None,
+        *,
+        commit: jax.Array | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, SkipNonFiniteState]:
         finite = all_finite(updates)
-        new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        new_state = SkipNonFiniteState(
-            skipped=jnp.where(finite, state.skipped, optax.safe_increment(state.skipped)),
-            inner_state=optax.tree.where(finite, inner_state, state.inner_state),
+        inner_commit = finite if commit is None else finite & commit
+        new_updates, inner_state = update_committed(
+            inner, inner_commit, updates, state.inner_state, params, **extra_args
         )
-        return optax.tree.where(finite, new_updates, unchanged_params(new_updates)), new_state
+        skipped = jnp.where(finite, state.skipped, optax.safe_increment(state.skipped))
+        return new_updates, SkipNonFiniteState(
+            skipped=commit_state(commit, skipped, state.skipped), inner_state=inner_state
+        )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return mark_honours_commit(optax.GradientTransformationExtraArgs(init_fn, update_fn))

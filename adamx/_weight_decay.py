@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._commit import commit_state
 from adamx._hyperparams import LearningRate, learning_rate_schedule
 from adamx._trees import check_same_structure, compute_dtype, parameter_path, path_str
 from adamx._validation import check_real
@@ -115,7 +116,7 @@ def decoupled_weight_decay(
     *,
     learning_rate: LearningRate = 1.0,
     exclude_from_weight_decay: Exclusion = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Decays the parameters before applying the incoming update, as Keras orders it.
 
     Keras's `weight_decay`: with `lr` the learning rate of this update and `u` the incoming
@@ -152,8 +153,14 @@ def decoupled_weight_decay(
         return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(
-        updates: optax.Updates, state: DecoupledWeightDecayState, params: optax.Params | None = None
+        updates: optax.Updates,
+        state: DecoupledWeightDecayState,
+        params: optax.Params | None = None,
+        *,
+        commit: jax.Array | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, DecoupledWeightDecayState]:
+        del extra_args
         if params is None:
             raise ValueError(
                 "decoupled_weight_decay needs `params`: call update(grads, state, params)."
@@ -172,6 +179,7 @@ def decoupled_weight_decay(
 
         mask = decay_mask(params, exclude_from_weight_decay)
         new_updates = jax.tree.map(decay_one, updates, params, mask)
-        return new_updates, DecoupledWeightDecayState(count=optax.safe_increment(state.count))
+        count = optax.safe_increment(state.count)
+        return new_updates, DecoupledWeightDecayState(commit_state(commit, count, state.count))
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -17,7 +17,8 @@ fewer repeats; `--only REGEX` runs the matching optimizers (and the `optax.adam`
 `--json PATH` writes every figure. torch (`fused=True` and `foreach=True`) joins when it is
 installed. "all features" is global clipping, weight decay with exclusions, EMA with overwrite
 and a static loss scale; "all + accum. 4" adds gradient accumulation over 4 calls (times are
-per call; `optax.MultiSteps` runs the whole update on every call and selects its result).
+per call: the whole update runs on every call, and micro-steps keep its state); "loss scaling"
+is `adamx.loss_scale_optimizer(adamx.adam())`, which checks the gradients and may skip the call.
 "adamx grouped" is `adamx.adam()` on `adamx.group_leaves` parameters and gradients (one flat
 buffer per dtype); "grouped, leaf grads" receives per-leaf gradients and groups them inside the
 step, the cost of a model whose gradients are not computed through `ungroup()`.
@@ -294,6 +295,7 @@ def candidates_for(
         "adamx.adam(amsgrad=True)": jax_one(adamx.adam(amsgrad=True)),
         "adamx.adam(all features)": jax_one(adamx.adam(**ALL_FEATURES)),
         "adamx.adam(all + accum. 4)": jax_one(adamx.adam(**WITH_ACCUMULATION)),
+        "adamx loss scaling": jax_one(adamx.loss_scale_optimizer(adamx.adam())),
         "adamx grouped": grouped(group_grads=False),
         "adamx grouped, leaf grads": grouped(group_grads=True),
         "optax clip+adamw+EMA": composition,

@@ -144,9 +144,9 @@ def test_accumulator_holds_unscaled_gradients() -> None:
     tx = adamx.adam(loss_scale_factor=4.0, gradient_accumulation_steps=2, clipnorm=1.0)
     params = jnp.zeros(2)
     _, state = tx.update(jnp.array([12.0, 16.0]), tx.init(params), params)
-    multi_steps = find_state(state, optax.MultiStepsState)
-    assert multi_steps is not None
-    np.testing.assert_array_equal(multi_steps.acc_grads, [3.0, 4.0])
+    accumulation = find_state(state, adamx.AccumulateGradientsState)
+    assert accumulation is not None
+    np.testing.assert_array_equal(accumulation.acc_grads, [3.0, 4.0])
 
 
 def test_static_factor_inside_dynamic_scaling_is_an_error() -> None:

@@ -15,7 +15,6 @@ import optax
 import pytest
 
 import adamx
-from adamx._accumulation import _MULTI_STEPS_HAS_ACCUMULATOR_DTYPE
 from adamx._state import find_state
 
 PARAM_DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
@@ -65,10 +64,8 @@ def test_dtype_combinations_keep_every_dtype_and_match_float64(
     assert all(v.dtype == dtype for v in jax.tree.leaves(moments.nu))
     if features == "everything":
         assert all(a.dtype == dtype for a in jax.tree.leaves(adamx.ema_params(state)))
-        accumulator = find_state(state, optax.MultiStepsState)
-        # float32 at least; optax < 0.2.6 has no accumulator dtype and uses the parameters'.
-        wide = jnp.float32 if _MULTI_STEPS_HAS_ACCUMULATOR_DTYPE else dtype
-        assert all(a.dtype == wide for a in jax.tree.leaves(accumulator.acc_grads))
+        accumulator = find_state(state, adamx.AccumulateGradientsState)
+        assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(accumulator.acc_grads))
     assert all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(params))
 
 
