@@ -1,4 +1,4 @@
-"""Gradient accumulation: Keras's counters on top of optax.MultiSteps."""
+"""Gradient accumulation: Keras's rule and counters, the lazy reset, and missing gradients."""
 
 from __future__ import annotations
 
