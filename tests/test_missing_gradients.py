@@ -22,6 +22,9 @@ CASES = {
         "global_clipnorm": 0.5,
         "weight_decay": 0.1,
     },
+    # `scale` has no gradient on call 4, a real update: Keras leaves its accumulator alone, so
+    # the sum of call 3 is carried into the next cycle (no clipping, which would hide it).
+    "accumulation": {"learning_rate": 0.01, "gradient_accumulation_steps": 2},
     "accumulation+ema+overwrite": {
         "learning_rate": 0.01,
         "gradient_accumulation_steps": 2,
