@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from adamx._commit import commit_state, mark_honours_commit, update_committed
+from adamx._loss_scale import is_float32_power_of_two, takes_loss_scale
 from adamx._trees import compute_dtype
 from adamx._validation import check_int, check_transformation
 
@@ -64,6 +65,7 @@ def accumulate_gradients(
     """
     check_transformation("inner", inner)
     check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
+    pass_steps = takes_loss_scale(inner) and is_float32_power_of_two(gradient_accumulation_steps)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> AccumulateGradientsState:
@@ -95,13 +97,30 @@ def accumulate_gradients(
         )
         # The mean is taken from the accumulator as stored, the one buffer XLA updates.
         acc_grads = commit_state(commit, summed, state.acc_grads)
-        mean = jax.tree.map(
-            lambda acc, g: (acc / gradient_accumulation_steps).astype(g.dtype), acc_grads, updates
-        )
         inner_commit = real_update if commit is None else real_update & commit
-        new_updates, inner_state = update_committed(
-            inner, inner_commit, mean, state.inner_state, params, **extra_args
-        )
+        if pass_steps and all(
+            g.dtype == acc.dtype in (jnp.float32, jnp.float64)
+            for g, acc in zip(jax.tree.leaves(updates), leaves, strict=True)
+        ):
+            # `acc * (1/N)` is `acc / N` for these N: the inner clip divides (adamx._loss_scale).
+            new_updates, inner_state = update_committed(
+                inner,
+                inner_commit,
+                acc_grads,
+                state.inner_state,
+                params,
+                loss_scale=gradient_accumulation_steps,
+                **extra_args,
+            )
+        else:
+            mean = jax.tree.map(
+                lambda acc, g: (acc / gradient_accumulation_steps).astype(g.dtype),
+                acc_grads,
+                updates,
+            )
+            new_updates, inner_state = update_committed(
+                inner, inner_commit, mean, state.inner_state, params, **extra_args
+            )
         present = [True] * len(leaves) if has_gradient is None else jax.tree.leaves(has_gradient)
         missing = jnp.asarray([not p for p in present], jnp.bool_)
         carry = jnp.where(real_update, missing, True)

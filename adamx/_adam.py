@@ -12,7 +12,13 @@ from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamx._commit import mark_honours_commit, zero_uncommitted
 from adamx._ema import ema_of_params
 from adamx._hyperparams import LearningRate, at_keras_step, learning_rate_schedule
-from adamx._loss_scale import unscale_gradients
+from adamx._loss_scale import (
+    is_float32_power_of_two,
+    kept_loss_scale,
+    mark_takes_loss_scale,
+    unscale_gradients,
+    with_loss_scale,
+)
 from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import (
     ScaleByKerasAdamState,
@@ -207,10 +213,18 @@ def adam(
     # Every stateful step honours `commit`, and the last one zeroes uncommitted updates.
     update.append(zero_uncommitted())
     real_update = mark_honours_commit(optax.chain(*(t for t in update if t is not None)))
+    # A norm clip unscales the gradients itself, for its reduction apart (adamx._loss_scale).
+    if clipnorm or global_clipnorm:
+        real_update = mark_takes_loss_scale(real_update)
+    clip_unscales = (clipnorm or global_clipnorm) and not gradient_accumulation_steps
 
     steps: list[optax.GradientTransformation] = []
     if loss_scale_factor is not None:
-        steps.append(unscale_gradients(loss_scale_factor))
+        if clip_unscales and is_float32_power_of_two(loss_scale_factor):
+            steps.append(kept_loss_scale(loss_scale_factor))
+            real_update = with_loss_scale(real_update, loss_scale_factor)
+        else:
+            steps.append(unscale_gradients(loss_scale_factor))
     if gradient_accumulation_steps is not None:
         real_update = accumulate_gradients(real_update, gradient_accumulation_steps)
     steps.append(skip_missing_gradients(real_update))
@@ -225,4 +239,7 @@ def adam(
     tx = mark_honours_commit(optax.chain(*steps))
     if skip_nonfinite:
         tx = skip_nonfinite_updates(tx)
-    return mark_honours_commit(_checked_and_named(name, tx))
+    tx = mark_honours_commit(_checked_and_named(name, tx))
+    if clip_unscales and not skip_nonfinite and loss_scale_factor is None:
+        tx = mark_takes_loss_scale(tx)
+    return tx

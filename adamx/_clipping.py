@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from adamx._grouping import GroupedParams
+from adamx._loss_scale import unscale
 from adamx._trees import compute_dtype
 from adamx._validation import check_real
 
@@ -15,7 +18,31 @@ def _check_threshold(name: str, value: float) -> None:
     check_real(name, value, low=0.0, low_open=True)
 
 
-def clip_by_norm(clipnorm: float) -> optax.GradientTransformation:
+def _unscaled_dtype(g: jax.Array, loss_scale: Any) -> Any:
+    dtype = g.dtype if loss_scale is None else jnp.result_type(g.dtype, jnp.float32)
+    return compute_dtype(dtype)
+
+
+def _sums_of_squares(
+    grads: list[jax.Array], dtypes: list[Any], loss_scale: jax.Array | float | None
+) -> list[jax.Array]:
+    """`sum(u**2)` per gradient, in its dtype, where `u` is the gradient unscaled by
+    `loss_scale` if given (see `adamx._loss_scale`)."""
+    if loss_scale is None:
+        return [jnp.sum(jnp.square(g.astype(d))) for g, d in zip(grads, dtypes, strict=True)]
+    # Each reduction unscales with its own copy of the scale. XLA:CPU cannot fuse a product
+    # that other kernels also read into a reduction, so one shared `g / S` (or one broadcast
+    # of `S` shared by same-shaped gradients) would be written to memory every call.
+    scale = jnp.asarray(loss_scale, jnp.float32)
+
+    def sum_of_squares(g: jax.Array, dtype: Any) -> jax.Array:
+        own_scale, _ = jax.lax.optimization_barrier((scale, g))
+        return jnp.sum(jnp.square(unscale(g, own_scale).astype(dtype)))
+
+    return [sum_of_squares(g, d) for g, d in zip(grads, dtypes, strict=True)]
+
+
+def clip_by_norm(clipnorm: float) -> optax.GradientTransformationExtraArgs:
     """Clips each gradient tensor to an L2 norm of at most `clipnorm` (Keras's `clipnorm`).
 
     Per tensor, with `s = sum(g**2)` and `n = sqrt(s)` if `s > 0` else `s`::
@@ -27,6 +54,8 @@ def clip_by_norm(clipnorm: float) -> optax.GradientTransformation:
     finite entries into 0 and infinite ones into NaN. optax has no per-tensor norm clip
     (`clip_by_block_rms` uses the RMS). float16/bfloat16 gradients are clipped in float32,
     where Keras overflows early (`[300, 300]` in float16 with `clipnorm=1` gives `[0, 0]`).
+    Given a `loss_scale` extra argument `S`, the gradients are those of `loss * S` and are
+    unscaled first, as `loss_scale_optimizer` unscales (`g * (1/S)` in float32 at least).
 
     Example:
       >>> import jax.numpy as jnp, adamx
@@ -36,27 +65,36 @@ def clip_by_norm(clipnorm: float) -> optax.GradientTransformation:
     """
     _check_threshold("clipnorm", clipnorm)
 
-    def clip_one(g: jax.Array) -> jax.Array:
-        x = g.astype(compute_dtype(g.dtype))
-        l2sum = jnp.sum(jnp.square(x), keepdims=True)
+    def clip_one(g: jax.Array, l2sum: jax.Array, dtype: Any) -> jax.Array:
         positive = l2sum > 0
         l2sum_safe = jnp.where(positive, l2sum, jnp.ones_like(l2sum))
         l2norm = jnp.where(positive, jnp.sqrt(l2sum_safe), l2sum)
-        return ((x * clipnorm) / jnp.maximum(l2norm, clipnorm)).astype(g.dtype)
+        return ((g.astype(dtype) * clipnorm) / jnp.maximum(l2norm, clipnorm)).astype(g.dtype)
 
     def update_fn(
-        updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
+        updates: optax.Updates,
+        state: optax.EmptyState,
+        params: optax.Params | None = None,
+        *,
+        loss_scale: jax.Array | float | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, optax.EmptyState]:
-        del params
+        del params, extra_args
         if isinstance(updates, GroupedParams):
             raise ValueError(
                 "`clipnorm` clips each tensor by its own norm, and grouped parameters "
                 "(`adamx.group_leaves`) hold many tensors per buffer; use `global_clipnorm` or "
                 "`clipvalue`, or keep the parameters per leaf."
             )
-        return jax.tree.map(clip_one, updates), state
+        leaves, treedef = jax.tree.flatten(updates)
+        dtypes = [_unscaled_dtype(g, loss_scale) for g in leaves]
+        l2sums = _sums_of_squares(leaves, dtypes, loss_scale)
+        if loss_scale is not None:
+            leaves = [unscale(g, loss_scale) for g in leaves]
+        clipped = [clip_one(*args) for args in zip(leaves, l2sums, dtypes, strict=True)]
+        return jax.tree.unflatten(treedef, clipped), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
 def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
@@ -75,7 +113,7 @@ def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
     return optax.clip(clipvalue)
 
 
-def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformation:
+def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformationExtraArgs:
     """Scales all gradients together so their joint L2 norm is at most `global_clipnorm`.
 
     Keras's `global_clipnorm`, with `n = sqrt(sum(stack([sum(g_i**2) for each tensor i])))`::
@@ -88,6 +126,8 @@ def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformation:
     multiplies (below the threshold `c * fl(1/c)` is 1 +- 1 ulp for some `c`, as in Keras); and
     a non-finite norm makes *every* gradient NaN (the `n - n` term), where optax only poisons
     the non-finite entries. Squares are summed in float32 at least.
+    Given a `loss_scale` extra argument `S`, the gradients are those of `loss * S` and are
+    unscaled first, as `loss_scale_optimizer` unscales (`g * (1/S)` in float32 at least).
 
     Example:
       >>> import jax.numpy as jnp, adamx
@@ -98,17 +138,24 @@ def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformation:
     _check_threshold("global_clipnorm", global_clipnorm)
 
     def update_fn(
-        updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
+        updates: optax.Updates,
+        state: optax.EmptyState,
+        params: optax.Params | None = None,
+        *,
+        loss_scale: jax.Array | float | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, optax.EmptyState]:
-        del params
+        del params, extra_args
         leaves = jax.tree.leaves(updates)
         if not leaves:
             return updates, state
-        dtype = compute_dtype(*(g.dtype for g in leaves))
-        squared_norms = [jnp.sum(jnp.square(g.astype(dtype))) for g in leaves]
+        dtype = compute_dtype(*(_unscaled_dtype(g, loss_scale) for g in leaves))
+        squared_norms = _sums_of_squares(leaves, [dtype] * len(leaves), loss_scale)
         norm = jnp.sqrt(jnp.sum(jnp.stack(squared_norms)))
         scale_for_finite = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm)
         scale = scale_for_finite + (norm - norm)
+        if loss_scale is not None:
+            updates = jax.tree.map(lambda g: unscale(g, loss_scale), updates)
         return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

@@ -29,6 +29,7 @@ CASES: dict[str, dict[str, Any]] = {
     "steps_2": {"gradient_accumulation_steps": 2},
     "steps_3": {"gradient_accumulation_steps": 3, "learning_rate": 0.01},
     "steps_3+amsgrad": {"gradient_accumulation_steps": 3, "amsgrad": True},
+    "steps_4+clipnorm": {"gradient_accumulation_steps": 4, "clipnorm": 0.3, "learning_rate": 0.01},
     "everything": {
         "gradient_accumulation_steps": 3,
         "use_ema": True,

@@ -59,6 +59,14 @@ EXTRA_PASSES: dict[str, tuple[Callable[[], optax.GradientTransformation], int]] 
     "all features": (lambda: adamx.adam(**benchmarks.ALL_FEATURES), 1 + 3 + 1),
     "skip_nonfinite": (lambda: adamx.adam(skip_nonfinite=True), 1),
     "loss_scale_optimizer": (lambda: adamx.loss_scale_optimizer(adamx.adam()), 1),
+    "loss_scale_optimizer+global_clipnorm": (
+        lambda: adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0)),
+        1 + 1,
+    ),
+    "loss_scale_optimizer+clipnorm+ema": (
+        lambda: adamx.loss_scale_optimizer(adamx.adam(clipnorm=1.0, use_ema=True)),
+        1 + 1 + 3,
+    ),
     "accumulation": (lambda: adamx.adam(gradient_accumulation_steps=4), 3),
     "all features+accumulation": (lambda: adamx.adam(**benchmarks.WITH_ACCUMULATION), 5 + 3),
     "all features+skip_nonfinite": (
@@ -76,10 +84,12 @@ EXTRA_PASSES: dict[str, tuple[Callable[[], optax.GradientTransformation], int]] 
 @pytest.mark.parametrize("name", list(EXTRA_PASSES))
 def test_features_add_only_the_passes_their_state_needs(name: str) -> None:
     """No parameter-sized temporary either, which XLA:CPU would page-fault on every call, and
-    no copy of a moment (what selecting the state after the update used to cost)."""
-    params = benchmarks.materialize(benchmarks.one_tensor(0.01), 0)
-    grads = benchmarks.materialize(benchmarks.one_tensor(0.01), 1)
-    size = params["w"].size
+    no copy of a moment (what selecting the state after the update used to cost). Two of the
+    tensors share a shape, as a model's layers do: XLA shares what it can between them."""
+    shapes = {"a": (2**18,), "b": (2**18,), "c": (2**17 + 8,)}
+    params = benchmarks.materialize(shapes, 0)
+    grads = benchmarks.materialize(shapes, 1)
+    size = sum(x.size for x in jax.tree.leaves(params))
     build, extra = EXTRA_PASSES[name]
     passes, temporaries = [], []
     for tx in (adamx.adam(), build()):

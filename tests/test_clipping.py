@@ -63,6 +63,47 @@ def test_clipping_is_bit_identical_to_keras(
     assert_bit_equal(ours, theirs)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("loss_scale", [8.0, 2.0**-3])
+@pytest.mark.parametrize("mode", ["clipnorm", "global_clipnorm"])
+@pytest.mark.parametrize("case", list(GRADIENT_TREES))
+def test_clipping_scaled_gradients_equals_clipping_unscaled_ones_in_keras(
+    case: str, mode: str, loss_scale: float, jit: bool
+) -> None:
+    """The `loss_scale` argument (adamx._loss_scale): the clip is handed `g * S` and S, and
+    returns what Keras's clip returns for `g`, bit for bit, S traced under jit."""
+    grads = GRADIENT_TREES[case]
+    scaled = jax.tree.map(lambda g: g * np.float32(loss_scale), grads)
+    tx = MODES[mode](0.5)
+
+    def ours_fn(g: Any, scale: Any) -> Any:
+        return tx.update(g, tx.init(g), loss_scale=scale)[0]
+
+    def theirs_fn(g: Any) -> Any:
+        optimizer = keras.optimizers.Adam(**{mode: 0.5})
+        return jax.tree.unflatten(
+            jax.tree.structure(g), optimizer._clip_gradients(jax.tree.leaves(g))
+        )
+
+    with contextlib.nullcontext() if jit else jax.disable_jit():
+        ours = (jax.jit(ours_fn) if jit else ours_fn)(scaled, jnp.float32(loss_scale))
+        theirs = (jax.jit(theirs_fn) if jit else theirs_fn)(grads)
+    assert_bit_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float64])
+def test_scaled_low_precision_gradients_are_unscaled_in_float32(dtype: Any) -> None:
+    # Keras's LossScaleOptimizer unscales with a float32 scale: float16 gradients come out
+    # float32, where their small values survive; float64 stays float64.
+    with jax.enable_x64(dtype == jnp.float64):
+        g = {"a": jnp.asarray([3e-4 * 1024, 4e-4 * 1024], dtype)}
+        tx = adamx.clip_by_global_norm(1.0)
+        out = tx.update(g, tx.init(g), loss_scale=jnp.float32(1024.0))[0]["a"]
+        expected = np.asarray(g["a"], np.float64) / 1024.0
+        assert out.dtype == jnp.result_type(dtype, jnp.float32)
+        np.testing.assert_array_equal(np.asarray(out, np.float64), expected)
+
+
 def test_global_norm_is_global_and_nonfinite_poisons_everything() -> None:
     tx = adamx.clip_by_global_norm(1.0)
     out, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))

@@ -11,20 +11,23 @@ import keras
 import numpy as np
 import optax
 import pytest
-from conftest import assert_bit_equal, assert_close_to_keras
-from harness import random_grads, random_params, run_adamx, run_keras
+from conftest import assert_bit_equal, assert_close_to_keras, check_against_keras
+from harness import random_grads, random_params, run_keras
 
 import adamx
 from adamx._state import find_state
 
 
+# With a norm clip and a power-of-two factor, the clip unscales the gradients itself.
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("clip", [{}, {"global_clipnorm": 0.05}, {"clipnorm": 0.05}])
 @pytest.mark.parametrize("factor", [128.0, 3.0])
-def test_static_factor_matches_keras(factor: float) -> None:
+def test_static_factor_matches_keras(factor: float, clip: dict[str, float], jit: bool) -> None:
     params = random_params(4)
-    grads = random_grads(4, 200, params, scale=factor)
-    ours, _ = run_adamx(adamx.adam(0.01, loss_scale_factor=factor), params, grads)
-    theirs = run_keras(keras.optimizers.Adam(0.01, loss_scale_factor=factor), params, grads)
-    assert_close_to_keras(ours, theirs.params, params)
+    grads = random_grads(4, 200 if jit else 12, params, scale=factor)
+    check_against_keras(
+        {"learning_rate": 0.01, "loss_scale_factor": factor, **clip}, params, grads, jit=jit
+    )
 
 
 def test_scale_loss_reads_the_state() -> None:
@@ -56,8 +59,10 @@ def _inject_non_finite(grads: list[Any], calls: dict[int, float]) -> list[Any]:
             "weight_decay": 0.01,
             "clipnorm": 0.5,
         },
+        {"learning_rate": 0.01, "global_clipnorm": 0.05, "use_ema": True},
+        {"learning_rate": 0.01, "clipnorm": 0.05, "weight_decay": 0.01},
     ],
-    ids=["plain", "accumulation+ema+decay+clipnorm"],
+    ids=["plain", "accumulation+ema+decay+clipnorm", "global_clipnorm+ema", "clipnorm+decay"],
 )
 def test_dynamic_scaling_matches_keras_loss_scale_optimizer(
     inner: dict[str, Any], jit: bool
