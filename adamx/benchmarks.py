@@ -18,7 +18,8 @@ fewer repeats; `--only REGEX` runs the matching optimizers (and the `optax.adam`
 installed. "all features" is global clipping, weight decay with exclusions, EMA with overwrite
 and a static loss scale; "all + accum. 4" adds gradient accumulation over 4 calls (times are
 per call: the whole update runs on every call, and micro-steps keep its state); "loss scaling"
-is `adamx.loss_scale_optimizer(adamx.adam())`, which checks the gradients and may skip the call.
+is `adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0))`, the mixed-precision recipe,
+which checks the gradients, may skip the call, and clips the unscaled gradients.
 "adamx grouped" is `adamx.adam()` on `adamx.group_leaves` parameters and gradients (one flat
 buffer per dtype); "grouped, leaf grads" receives per-leaf gradients and groups them inside the
 step, the cost of a model whose gradients are not computed through `ungroup()`.
@@ -295,7 +296,7 @@ def candidates_for(
         "adamx.adam(amsgrad=True)": jax_one(adamx.adam(amsgrad=True)),
         "adamx.adam(all features)": jax_one(adamx.adam(**ALL_FEATURES)),
         "adamx.adam(all + accum. 4)": jax_one(adamx.adam(**WITH_ACCUMULATION)),
-        "adamx loss scaling": jax_one(adamx.loss_scale_optimizer(adamx.adam())),
+        "adamx loss scaling": jax_one(adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0))),
         "adamx grouped": grouped(group_grads=False),
         "adamx grouped, leaf grads": grouped(group_grads=True),
         "optax clip+adamw+EMA": composition,
