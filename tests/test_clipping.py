@@ -91,17 +91,15 @@ def test_clipping_scaled_gradients_equals_clipping_unscaled_ones_in_keras(
     assert_bit_equal(ours, theirs)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float64])
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_scaled_low_precision_gradients_are_unscaled_in_float32(dtype: Any) -> None:
     # Keras's LossScaleOptimizer unscales with a float32 scale: float16 gradients come out
-    # float32, where their small values survive; float64 stays float64.
-    with jax.enable_x64(dtype == jnp.float64):
-        g = {"a": jnp.asarray([3e-4 * 1024, 4e-4 * 1024], dtype)}
-        tx = adamx.clip_by_global_norm(1.0)
-        out = tx.update(g, tx.init(g), loss_scale=jnp.float32(1024.0))[0]["a"]
-        expected = np.asarray(g["a"], np.float64) / 1024.0
-        assert out.dtype == jnp.result_type(dtype, jnp.float32)
-        np.testing.assert_array_equal(np.asarray(out, np.float64), expected)
+    # float32, where their small values survive.
+    g = {"a": jnp.asarray([3e-4 * 1024, 4e-4 * 1024], dtype)}
+    tx = adamx.clip_by_global_norm(1.0)
+    out = tx.update(g, tx.init(g), loss_scale=jnp.float32(1024.0))[0]["a"]
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(g["a"], np.float32) / 1024.0)
 
 
 def test_global_norm_is_global_and_nonfinite_poisons_everything() -> None:
