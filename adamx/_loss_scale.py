@@ -89,7 +89,6 @@ def takes_loss_scale(tx: optax.GradientTransformation) -> bool:
 
 def kept_loss_scale(loss_scale_factor: float) -> optax.GradientTransformation:
     """`unscale_gradients`'s state without its update: for a chain whose clip unscales."""
-    check_real("loss_scale_factor", loss_scale_factor, low=0.0, low_open=True)
     return optax.GradientTransformation(
         unscale_gradients(loss_scale_factor).init,
         lambda updates, state, params=None: (updates, state),
