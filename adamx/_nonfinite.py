@@ -21,8 +21,14 @@ def all_finite(tree: Any) -> jax.Array:
     """True if every element of every (non-None) leaf is finite; True for an empty tree."""
     # `sum(x - x)` is NaN exactly when some element is not finite, and cannot overflow. It is
     # one plain reduction over `x`, where `all(isfinite(x))` makes XLA:CPU write a byte mask.
-    leaves = [jnp.isfinite(jnp.sum(leaf - leaf)) for leaf in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    flags = [jnp.isfinite(jnp.sum(leaf - leaf)) for leaf in jax.tree.leaves(tree)]
+    if not flags:
+        return jnp.asarray(True)
+    # `all(flags)`, written as the first of the sorted flags. XLA fuses an `all` into every
+    # kernel that reads its result, each kernel then taking every leaf's sum as an operand:
+    # compile time grows with leaves x kernels (12 s instead of 1.2 s for a 150-tensor model on
+    # XLA:CPU, 57 s on jax 0.5). XLA never fuses a sort, so the result is computed once.
+    return jnp.sort(jnp.stack(flags))[0]
 
 
 def skip_nonfinite_updates(

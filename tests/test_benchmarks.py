@@ -8,6 +8,7 @@ than `optax.adam`'s.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,37 @@ def test_features_add_only_the_passes_their_state_needs(name: str) -> None:
         temporaries.append(compiled.memory_analysis().temp_size_in_bytes / (4 * size))
     assert passes[1] <= passes[0] + extra + 0.01, passes
     assert max(temporaries) < 0.01, temporaries
+
+
+def kernel_operands(compiled: Any) -> int:
+    """Operands of all the kernels (fusions) of the compiled entry computation, together."""
+    text = compiled.as_text()
+    entry = text[text.index("ENTRY") : text.index("\n}", text.index("ENTRY"))]
+    return sum(call.count("%") for call in re.findall(r" fusion\((.*?)\), kind", entry))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: adamx.adam(skip_nonfinite=True),
+        lambda: adamx.loss_scale_optimizer(adamx.adam()),
+        lambda: adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0)),
+        lambda: adamx.adam(**benchmarks.WITH_ACCUMULATION, skip_nonfinite=True),
+    ],
+    ids=["skip_nonfinite", "loss_scale_optimizer", "loss_scale+global_clipnorm", "all+skip"],
+)
+def test_a_decision_over_all_leaves_is_computed_once(
+    build: Callable[[], optax.GradientTransformation],
+) -> None:
+    """A predicate over every leaf (all gradients finite) must reach each kernel as one operand:
+    fused into every kernel instead, it makes compile time grow with leaves x kernels."""
+
+    def operands(leaves: int) -> int:
+        params = {f"t{i}": jax.numpy.ones(100 + i) for i in range(leaves)}
+        tx = build()
+        return kernel_operands(compiled_step(tx, params, params))
+
+    assert operands(40) <= 2.2 * operands(20)
 
 
 def test_grouped_step_launches_a_handful_of_kernels() -> None:

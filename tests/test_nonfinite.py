@@ -14,6 +14,7 @@ from conftest import check_against_keras
 from harness import random_grads, random_params, run_adamx
 
 import adamx
+from adamx._nonfinite import all_finite
 
 BAD_CALLS = (3, 4, 9)
 
@@ -130,3 +131,19 @@ def test_loss_scale_skips_keep_signed_zeros() -> None:
     params = jnp.array([-0.0, 0.0, 1.0])
     updates, _ = tx.update(jnp.array([jnp.inf, 1.0, 1.0]), tx.init(params), params)
     assert bits(optax.apply_updates(params, updates)) == bits(params)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["op-by-op", "jit"])
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf, 7e4])
+@pytest.mark.parametrize("leaf", [0, 1, 2, 3])
+def test_all_finite_over_mixed_dtypes(leaf: int, bad: float | None, jit: bool) -> None:
+    """Against NumPy's `isfinite`, whichever leaf (and dtype) holds the bad value; 7e4 is finite
+    in float32 and bfloat16 but overflows float16."""
+    dtypes = [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float32]
+    tree = [jnp.linspace(-3.0, 3.0, 5 + i, dtype=dtype) for i, dtype in enumerate(dtypes)]
+    if bad is not None:
+        tree[leaf] = tree[leaf].at[leaf].set(bad)
+    expected = all(np.isfinite(np.asarray(x, np.float64)).all() for x in tree)
+    check = jax.jit(all_finite) if jit else all_finite
+    assert bool(check(tree)) == expected
+    assert bool(check([])) and bool(check([jnp.ones(3), None]))
