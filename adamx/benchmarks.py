@@ -130,12 +130,16 @@ KERNEL_FREE = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast"}
 INSTRUCTION = re.compile(r"=\s*(?:\([^=]*?\)|\S+)\s+([a-z][\w-]*)\(")
 
 
-def count_kernels(compiled: Any) -> int:
-    """Instructions of the entry computation that run as kernels (fusions included)."""
+def entry_instructions(compiled: Any) -> list[str]:
+    """The lines of the compiled entry computation's body, one instruction each."""
     text = compiled.as_text()
     entry = text[text.index("ENTRY") :]
-    body = entry[: entry.index("\n}")]
-    opcodes = [m.group(1) for m in map(INSTRUCTION.search, body.splitlines()[1:]) if m]
+    return entry[: entry.index("\n}")].splitlines()[1:]
+
+
+def count_kernels(compiled: Any) -> int:
+    """Instructions of the entry computation that run as kernels (fusions included)."""
+    opcodes = [m.group(1) for m in map(INSTRUCTION.search, entry_instructions(compiled)) if m]
     return sum(opcode not in KERNEL_FREE for opcode in opcodes)
 
 
