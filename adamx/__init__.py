@@ -2,8 +2,10 @@
 
 from adamx._accumulation import AccumulateGradientsState, accumulate_gradients
 from adamx._adam import adam
+from adamx._capabilities import Committable, TakesLossScale
 from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamx._ema import ParamsEmaState, ema_of_params, ema_params, finalize_variable_values
+from adamx._exclusion import Exclusion
 from adamx._grouping import GroupedParams, group_leaves, ungroup
 from adamx._hyperparams import LearningRate, Schedule
 from adamx._keras import from_keras_config, from_keras_optimizer, keras_params
@@ -12,7 +14,7 @@ from adamx._loss_scale import (
     StaticLossScaleState,
     loss_scale_optimizer,
     scale_loss,
-    unscale_gradients,
+    static_loss_scale,
 )
 from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import ScaleByKerasAdamState, scale_by_keras_adam
@@ -21,7 +23,6 @@ from adamx._sharding import state_shardings
 from adamx._state import current_learning_rate, iterations
 from adamx._weight_decay import (
     DecoupledWeightDecayState,
-    Exclusion,
     decay_mask,
     decayed_paths,
     decoupled_weight_decay,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccumulateGradientsState",
+    "Committable",
     "DecoupledWeightDecayState",
     "DynamicLossScaleState",
     "Exclusion",
@@ -41,6 +43,7 @@ __all__ = [
     "Schedule",
     "SkipNonFiniteState",
     "StaticLossScaleState",
+    "TakesLossScale",
     "accumulate_gradients",
     "adam",
     "clip_by_global_norm",
@@ -64,6 +67,6 @@ __all__ = [
     "skip_missing_gradients",
     "skip_nonfinite_updates",
     "state_shardings",
+    "static_loss_scale",
     "ungroup",
-    "unscale_gradients",
 ]

@@ -8,89 +8,34 @@ import jax
 import optax
 
 from adamx._accumulation import accumulate_gradients
-from adamx._clipping import clip_by_global_norm, clip_by_norm, clip_by_value
-from adamx._commit import mark_honours_commit, zero_uncommitted
+from adamx._capabilities import like
+from adamx._clipping import keras_clipping
+from adamx._commit import commit_chain
 from adamx._ema import ema_of_params
+from adamx._exclusion import Exclusion
 from adamx._hyperparams import LearningRate, at_keras_step, learning_rate_schedule
-from adamx._loss_scale import (
-    is_float32_power_of_two,
-    kept_loss_scale,
-    mark_takes_loss_scale,
-    unscale_gradients,
-    with_loss_scale,
-)
+from adamx._loss_scale import static_loss_scale
 from adamx._missing_gradients import skip_missing_gradients
-from adamx._moments import (
-    ScaleByKerasAdamState,
-    check_beta,
-    check_mu_dtype,
-    scale_by_keras_adam,
-)
+from adamx._moments import scale_by_keras_adam
 from adamx._nonfinite import skip_nonfinite_updates
-from adamx._state import find_state
-from adamx._trees import check_same_structure
-from adamx._validation import check_bool, check_int, check_optional_real, check_real
-from adamx._weight_decay import Exclusion, check_exclusion, decoupled_weight_decay
+from adamx._trees import check_floating, check_same_shapes, check_same_structure
+from adamx._validation import check_bool
+from adamx._weight_decay import decoupled_weight_decay
 
 
-def _check_arguments(**args: Any) -> None:
-    """Keras's checks, in Keras's order, then the ones Keras forgets."""
-    if args["gradient_accumulation_steps"] is not None:
-        check_int("gradient_accumulation_steps", args["gradient_accumulation_steps"], low=2)
-    check_bool("use_ema", args["use_ema"])
-    check_real("ema_momentum", args["ema_momentum"], low=0.0, high=1.0)
-    if args["ema_overwrite_frequency"] is not None:
-        check_int("ema_overwrite_frequency", args["ema_overwrite_frequency"], low=1)
-    clip_args = {k: args[k] for k in ("clipnorm", "clipvalue", "global_clipnorm")}
-    if sum(value is not None for value in clip_args.values()) > 1:
-        received = ", ".join(f"{k}={v}" for k, v in clip_args.items())
-        raise ValueError(
-            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
-            f"Received: {received}"
-        )
-    for key, value in clip_args.items():
-        check_optional_real(key, value, low=0.0, low_open=True)
-    name = args["name"]
+def _check_name(name: Any) -> None:
     if not isinstance(name, str) or "/" in name or not name:
         raise ValueError(
             "Argument `name` must be a non-empty string and cannot contain character `/`. "
             f"Received: name={name!r}"
         )
-    learning_rate_schedule(args["learning_rate"])  # checks a number's range
-    check_beta("beta_1", args["beta_1"])
-    check_beta("beta_2", args["beta_2"])
-    check_real("epsilon", args["epsilon"], low=0.0, low_open=True)
-    check_bool("amsgrad", args["amsgrad"])
-    check_optional_real("weight_decay", args["weight_decay"], low=0.0)
-    check_optional_real("loss_scale_factor", args["loss_scale_factor"], low=0.0, low_open=True)
-    check_bool("nesterov", args["nesterov"])
-    check_exclusion(args["exclude_from_weight_decay"])
-    if args["exclude_from_weight_decay"] is not None and args["weight_decay"] is None:
-        raise ValueError(
-            "`exclude_from_weight_decay` has no effect without `weight_decay`; set "
-            "`weight_decay` (a float >= 0) or drop the exclusion."
-        )
-    check_mu_dtype(args["mu_dtype"])
-    check_bool("skip_nonfinite", args["skip_nonfinite"])
-
-
-def _clipping(
-    clipnorm: float | None, clipvalue: float | None, global_clipnorm: float | None
-) -> optax.GradientTransformation | None:
-    if clipnorm is not None:
-        return clip_by_norm(clipnorm)
-    if clipvalue is not None:
-        return clip_by_value(clipvalue)
-    if global_clipnorm is not None:
-        return clip_by_global_norm(global_clipnorm)
-    return None
 
 
 def _checked_and_named(
     name: str, tx: optax.GradientTransformationExtraArgs
 ) -> optax.GradientTransformationExtraArgs:
-    """Checks tree structures up front (a clear error, not a deep tree-map one) and names the
-    update in profiles."""
+    """Checks the inputs up front (a clear error naming the leaf, not a deep tree-map one, nor
+    a silent broadcast or truncation) and names the update in profiles."""
 
     def update_fn(
         updates: optax.Updates,
@@ -100,19 +45,12 @@ def _checked_and_named(
     ) -> tuple[optax.Updates, optax.OptState]:
         if params is not None:
             check_same_structure("updates", updates, "params", params, none_is_leaf=True)
-        adam_state = find_state(state, ScaleByKerasAdamState)
-        if adam_state is not None:
-            check_same_structure(
-                "updates",
-                updates,
-                "the optimizer state's moments",
-                adam_state.nu,
-                none_is_leaf=True,
-            )
+            check_floating(params)  # `optax.apply_updates` would truncate integer parameters
+            check_same_shapes(updates, params)
         with jax.named_scope(name):
             return tx.update(updates, state, params, **extra_args)
 
-    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+    return like(tx)(tx.init, update_fn)
 
 
 def adam(
@@ -148,12 +86,12 @@ def adam(
 
     One call runs Keras's recipe, in Keras's order::
 
-        g <- g / loss_scale_factor                     unscale_gradients
         drop parameters whose gradient is None         skip_missing_gradients
-        sum N calls, continue with the mean            accumulate_gradients
-          g <- clip(g)                                 clip_by_norm | _by_value | _by_global_norm
-          m, v, step = (m*alpha) / (sqrt(v) + eps)     scale_by_keras_adam (lr inside alpha)
-          p <- (p - p*weight_decay*lr) - step          decoupled_weight_decay
+          g <- g / loss_scale_factor                   static_loss_scale
+          sum N calls, continue with the mean          accumulate_gradients
+            g <- clip(g)                               clip_by_norm | _by_value | _by_global_norm
+            m, v, step = (m*alpha) / (sqrt(v) + eps)   scale_by_keras_adam (lr inside alpha)
+            p <- (p - p*weight_decay*lr) - step        decoupled_weight_decay
         avg <- EMA of p; every f updates p <- avg      ema_of_params
 
     `learning_rate` is a number (an `int` is fine), an optax schedule, a Keras
@@ -173,10 +111,12 @@ def adam(
     parameters compute their hyper-parameter arithmetic in float32 (Keras
     computes it in the parameter dtype, where bfloat16 parameters never move with the default
     `beta_2`). `name` names the update in profiles (`jax.named_scope`). Read counters with
-    `adamx.iterations(state)` and `adamx.current_learning_rate(state)`. The update accepts a
-    `commit` extra argument (a boolean scalar; where it is False the call changes nothing), which
-    `skip_nonfinite_updates`, `loss_scale_optimizer` and accumulation pass down so that XLA
-    updates the state in place (see `adamx._commit`).
+    `adamx.iterations(state)` and `adamx.current_learning_rate(state)`. The result is
+    `adamx.Committable`: its update accepts a `commit` extra argument (a boolean scalar; where
+    it is False the call changes nothing), which `skip_nonfinite_updates`,
+    `loss_scale_optimizer` and accumulation pass down so that XLA updates the state in place.
+    With `clipnorm` or `global_clipnorm` and neither accumulation, a static loss scale nor
+    `skip_nonfinite`, it is also `adamx.TakesLossScale` (see `adamx/README.md`).
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -186,12 +126,20 @@ def adam(
       >>> optax.apply_updates(params, updates)
       Array([0.50000495, 1.5000036 , 2.5000036 , 3.500004  ], dtype=float32)
     """
-    _check_arguments(**locals())
+    if exclude_from_weight_decay is not None and weight_decay is None:
+        raise ValueError(
+            "`exclude_from_weight_decay` has no effect without `weight_decay`; set "
+            "`weight_decay` (a float >= 0) or drop the exclusion."
+        )
+    check_bool("use_ema", use_ema)
+    check_bool("skip_nonfinite", skip_nonfinite)
+    _check_name(name)
     rate = at_keras_step(learning_rate_schedule(learning_rate), gradient_accumulation_steps)
 
-    update = [
-        _clipping(clipnorm, clipvalue, global_clipnorm),
-        scale_by_keras_adam(
+    # Keras's recipe (spec, section 3), one line per feature, the spec's step on the right.
+    real_update = [
+        keras_clipping(clipnorm, clipvalue, global_clipnorm),  # 6. clip
+        scale_by_keras_adam(  # 8. the Adam step, the learning rate inside
             beta_1,
             beta_2,
             epsilon,
@@ -202,44 +150,30 @@ def adam(
         ),
         optax.scale(-1.0),
     ]
-    if weight_decay is not None:
-        update.append(
+    if weight_decay is not None:  # 7. p - (p*wd)*lr, then the step
+        real_update.append(
             decoupled_weight_decay(
                 weight_decay,
                 learning_rate=rate,
                 exclude_from_weight_decay=exclude_from_weight_decay,
             )
         )
-    # Every stateful step honours `commit`, and the last one zeroes uncommitted updates.
-    update.append(zero_uncommitted())
-    real_update = mark_honours_commit(optax.chain(*(t for t in update if t is not None)))
-    # A norm clip unscales the gradients itself, for its reduction apart (adamx._loss_scale).
-    if clipnorm or global_clipnorm:
-        real_update = mark_takes_loss_scale(real_update)
-    clip_unscales = (clipnorm or global_clipnorm) and not gradient_accumulation_steps
-
-    steps: list[optax.GradientTransformation] = []
-    if loss_scale_factor is not None:
-        if clip_unscales and is_float32_power_of_two(loss_scale_factor):
-            steps.append(kept_loss_scale(loss_scale_factor))
-            real_update = with_loss_scale(real_update, loss_scale_factor)
-        else:
-            steps.append(unscale_gradients(loss_scale_factor))
-    if gradient_accumulation_steps is not None:
-        real_update = accumulate_gradients(real_update, gradient_accumulation_steps)
-    steps.append(skip_missing_gradients(real_update))
-    if use_ema:
-        steps.append(
-            ema_of_params(
-                ema_momentum,
-                ema_overwrite_frequency,
-                steps_per_update=gradient_accumulation_steps or 1,
-            )
+    update = commit_chain(*real_update)
+    if gradient_accumulation_steps is not None:  # 5. sum N calls, update with the mean
+        update = accumulate_gradients(update, gradient_accumulation_steps)
+    if loss_scale_factor is not None:  # 4. unscale
+        update = static_loss_scale(update, loss_scale_factor)
+    # 10, 11. EMA of every parameter and its overwrite; its arguments are checked even when off.
+    ema = ema_of_params(
+        ema_momentum, ema_overwrite_frequency, steps_per_update=gradient_accumulation_steps or 1
+    )
+    if ema_overwrite_frequency is not None and not use_ema:
+        raise ValueError(
+            "`ema_overwrite_frequency` has no effect without `use_ema=True`; set `use_ema=True` "
+            "or drop it. (Keras ignores it silently.)"
         )
-    tx = mark_honours_commit(optax.chain(*steps))
-    if skip_nonfinite:
+    # 2. a parameter whose gradient is None gets no update (it still takes part in the EMA)
+    tx = commit_chain(skip_missing_gradients(update), ema if use_ema else None)
+    if skip_nonfinite:  # beyond Keras: a call with a non-finite gradient changes nothing
         tx = skip_nonfinite_updates(tx)
-    tx = mark_honours_commit(_checked_and_named(name, tx))
-    if clip_unscales and not skip_nonfinite and loss_scale_factor is None:
-        tx = mark_takes_loss_scale(tx)
-    return tx
+    return _checked_and_named(name, tx)

@@ -8,14 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._capabilities import TakesLossScale
 from adamx._grouping import GroupedParams
 from adamx._loss_scale import unscale
-from adamx._trees import compute_dtype
+from adamx._trees import as_arrays, compute_dtype
 from adamx._validation import check_real
-
-
-def _check_threshold(name: str, value: float) -> None:
-    check_real(name, value, low=0.0, low_open=True)
 
 
 def _unscaled_dtype(g: jax.Array, loss_scale: Any) -> Any:
@@ -42,6 +39,33 @@ def _sums_of_squares(
     return [sum_of_squares(g, d) for g, d in zip(grads, dtypes, strict=True)]
 
 
+def check_one_clip(
+    clipnorm: float | None, clipvalue: float | None, global_clipnorm: float | None
+) -> None:
+    """Keras's rule: at most one of the three clipping arguments is not None (even 0.0)."""
+    given = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+    if sum(value is not None for value in given.values()) > 1:
+        received = ", ".join(f"{key}={value}" for key, value in given.items())
+        raise ValueError(
+            f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
+            f"{received}"
+        )
+
+
+def keras_clipping(
+    clipnorm: float | None, clipvalue: float | None, global_clipnorm: float | None
+) -> optax.GradientTransformation | None:
+    """The clip Keras's three arguments ask for, or None."""
+    check_one_clip(clipnorm, clipvalue, global_clipnorm)
+    if clipnorm is not None:
+        return clip_by_norm(clipnorm)
+    if clipvalue is not None:
+        return clip_by_value(clipvalue)
+    if global_clipnorm is not None:
+        return clip_by_global_norm(global_clipnorm)
+    return None
+
+
 def clip_by_norm(clipnorm: float) -> optax.GradientTransformationExtraArgs:
     """Clips each gradient tensor to an L2 norm of at most `clipnorm` (Keras's `clipnorm`).
 
@@ -54,8 +78,8 @@ def clip_by_norm(clipnorm: float) -> optax.GradientTransformationExtraArgs:
     finite entries into 0 and infinite ones into NaN. optax has no per-tensor norm clip
     (`clip_by_block_rms` uses the RMS). float16/bfloat16 gradients are clipped in float32,
     where Keras overflows early (`[300, 300]` in float16 with `clipnorm=1` gives `[0, 0]`).
-    Given a `loss_scale` extra argument `S`, the gradients are those of `loss * S` and are
-    unscaled first, as `loss_scale_optimizer` unscales (`g * (1/S)` in float32 at least).
+    It is `TakesLossScale`: given a `loss_scale` extra argument `S`, the gradients are those of
+    `loss * S`, unscaled as `loss_scale_optimizer` unscales (`g * (1/S)` in float32 at least).
 
     Example:
       >>> import jax.numpy as jnp, adamx
@@ -63,7 +87,7 @@ def clip_by_norm(clipnorm: float) -> optax.GradientTransformationExtraArgs:
       >>> tx.update(jnp.array([3.0, 4.0]), tx.init(None))[0]
       Array([0.6, 0.8], dtype=float32)
     """
-    _check_threshold("clipnorm", clipnorm)
+    check_real("clipnorm", clipnorm, low=0.0, low_open=True)
 
     def clip_one(g: jax.Array, l2sum: jax.Array, dtype: Any) -> jax.Array:
         positive = l2sum > 0
@@ -86,7 +110,7 @@ def clip_by_norm(clipnorm: float) -> optax.GradientTransformationExtraArgs:
                 "(`adamx.group_leaves`) hold many tensors per buffer; use `global_clipnorm` or "
                 "`clipvalue`, or keep the parameters per leaf."
             )
-        leaves, treedef = jax.tree.flatten(updates)
+        leaves, treedef = jax.tree.flatten(as_arrays(updates))
         dtypes = [_unscaled_dtype(g, loss_scale) for g in leaves]
         l2sums = _sums_of_squares(leaves, dtypes, loss_scale)
         if loss_scale is not None:
@@ -94,7 +118,7 @@ def clip_by_norm(clipnorm: float) -> optax.GradientTransformationExtraArgs:
         clipped = [clip_one(*args) for args in zip(leaves, l2sums, dtypes, strict=True)]
         return jax.tree.unflatten(treedef, clipped), state
 
-    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+    return TakesLossScale(lambda params: optax.EmptyState(), update_fn)
 
 
 def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
@@ -109,7 +133,7 @@ def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
       >>> tx.update(jnp.array([-3.0, 0.5]), tx.init(None))[0]
       Array([-1. ,  0.5], dtype=float32)
     """
-    _check_threshold("clipvalue", clipvalue)
+    check_real("clipvalue", clipvalue, low=0.0, low_open=True)
     return optax.clip(clipvalue)
 
 
@@ -126,8 +150,8 @@ def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformationE
     multiplies (below the threshold `c * fl(1/c)` is 1 +- 1 ulp for some `c`, as in Keras); and
     a non-finite norm makes *every* gradient NaN (the `n - n` term), where optax only poisons
     the non-finite entries. Squares are summed in float32 at least.
-    Given a `loss_scale` extra argument `S`, the gradients are those of `loss * S` and are
-    unscaled first, as `loss_scale_optimizer` unscales (`g * (1/S)` in float32 at least).
+    It is `TakesLossScale`: given a `loss_scale` extra argument `S`, the gradients are those of
+    `loss * S`, unscaled as `loss_scale_optimizer` unscales (`g * (1/S)` in float32 at least).
 
     Example:
       >>> import jax.numpy as jnp, adamx
@@ -135,7 +159,7 @@ def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformationE
       >>> tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))[0]
       {'a': Array([0.6], dtype=float32), 'b': Array([0.8], dtype=float32)}
     """
-    _check_threshold("global_clipnorm", global_clipnorm)
+    check_real("global_clipnorm", global_clipnorm, low=0.0, low_open=True)
 
     def update_fn(
         updates: optax.Updates,
@@ -146,6 +170,7 @@ def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformationE
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.EmptyState]:
         del params, extra_args
+        updates = as_arrays(updates)
         leaves = jax.tree.leaves(updates)
         if not leaves:
             return updates, state
@@ -158,4 +183,4 @@ def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformationE
             updates = jax.tree.map(lambda g: unscale(g, loss_scale), updates)
         return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
 
-    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+    return TakesLossScale(lambda params: optax.EmptyState(), update_fn)

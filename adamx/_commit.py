@@ -8,15 +8,17 @@ every call. Instead the wrapper passes the predicate down as `update(..., commit
 each transformation selects its own state and computes its output from the selected state,
 which XLA updates in place.
 
-The contract of `update(updates, state, params, commit=c)`, for a boolean scalar `c`:
+Two levels of the contract, for `update(updates, state, params, commit=c)` with `c` a boolean
+scalar (True, or not given, means the plain call):
 
-- transformations (`scale_by_keras_adam`, `decoupled_weight_decay`, `ema_of_params`): where `c`
-  is False the returned state is the input state, bit for bit; the updates are unspecified;
-- optimizers marked with `honours_commit` (`adam`, `skip_nonfinite_updates`,
-  `loss_scale_optimizer`, `accumulate_gradients`): also the updates are -0.0, so
-  `optax.apply_updates` leaves every parameter bit-identical.
+- a *transformation* (`scale_by_keras_adam`, `decoupled_weight_decay`, `ema_of_params`) returns
+  the input state, bit for bit, where `c` is False; its updates are then unspecified;
+- a `Committable` optimizer (`adam`, `skip_nonfinite_updates`, `loss_scale_optimizer`,
+  `accumulate_gradients`) also returns updates of -0.0, so `optax.apply_updates` leaves every
+  parameter bit-identical. `commit_chain` makes one from transformations.
 
-Where `c` is True, or `commit` is not given, the result is the one without the argument.
+Wrappers pass `commit` down to a `Committable` inner optimizer and fall back to selecting
+afterwards around any other (`update_committed`): correct, but XLA copies the inner state.
 """
 
 from __future__ import annotations
@@ -27,9 +29,25 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamx._capabilities import Committable, TakesLossScale, with_capabilities
+
 T = TypeVar("T")
 
-_HONOURS_COMMIT = "_adamx_honours_commit"
+
+def check_commit(commit: Any) -> jax.Array | None:
+    """`commit` as a boolean scalar array (None stays None); anything else is a TypeError.
+
+    As `optax.MultiSteps` checks its predicate: a wrong shape would silently broadcast the
+    state's counters."""
+    if commit is None:
+        return None
+    array = jnp.asarray(commit)
+    if array.shape != () or array.dtype != jnp.bool_:
+        raise TypeError(
+            "`commit` must be a boolean scalar (a Python bool or a bool array of shape ()). "
+            f"Received: an array of dtype {array.dtype} and shape {array.shape}."
+        )
+    return array
 
 
 def commit_state(commit: jax.Array | None, new: T, old: T) -> T:
@@ -39,30 +57,17 @@ def commit_state(commit: jax.Array | None, new: T, old: T) -> T:
     return optax.tree.where(commit, new, old)
 
 
-def unchanged_params(updates: Any) -> Any:
-    """Updates that leave every parameter bit-identical: `p + (-0.0)` is `p`, signed zeros
-    included (`+0.0` would turn a `-0.0` parameter into `+0.0`)."""
-    return jax.tree.map(lambda u: jnp.full_like(u, -0.0), updates)
-
-
 def zero_unless(commit: jax.Array | None, updates: Any) -> Any:
-    """`updates` where `commit` is True (or None), else updates that change nothing."""
+    """`updates` where `commit` is True (or None), else -0.0: `p + (-0.0)` is `p`, signed zeros
+    included (`+0.0` would turn a `-0.0` parameter into `+0.0`)."""
     if commit is None:
         return updates
-    return optax.tree.where(commit, updates, unchanged_params(updates))
+    return jax.tree.map(lambda u: jnp.where(commit, u, jnp.full_like(u, -0.0)), updates)
 
 
-def mark_honours_commit(
-    tx: optax.GradientTransformationExtraArgs,
-) -> optax.GradientTransformationExtraArgs:
-    """Declares that `tx.update` keeps the optimizer-level `commit` contract (module docstring)."""
-    setattr(tx.update, _HONOURS_COMMIT, True)
-    return tx
-
-
-def honours_commit(tx: optax.GradientTransformation) -> bool:
-    """True if `tx` was built by adamx and keeps the optimizer-level `commit` contract."""
-    return getattr(tx.update, _HONOURS_COMMIT, False)
+def both(commit: jax.Array | None, decision: jax.Array) -> jax.Array:
+    """A wrapper's own decision, under the commit it was given."""
+    return decision if commit is None else decision & commit
 
 
 def update_committed(
@@ -73,27 +78,49 @@ def update_committed(
     params: optax.Params | None = None,
     **extra_args: Any,
 ) -> tuple[optax.Updates, optax.OptState]:
-    """`inner.update` under the optimizer-level contract, for any `inner`: passed down where
-    `inner` honours it, otherwise applied by selecting afterwards (correct, but XLA copies)."""
-    if honours_commit(inner):
+    """`inner.update` under the `Committable` contract, for any `inner`: passed down where
+    `inner` is `Committable`, otherwise applied by selecting afterwards (XLA copies)."""
+    if isinstance(inner, Committable):
         return inner.update(updates, state, params, commit=commit, **extra_args)
     new_updates, new_state = inner.update(updates, state, params, **extra_args)
     return zero_unless(commit, new_updates), commit_state(commit, new_state, state)
 
 
-def zero_uncommitted() -> optax.GradientTransformationExtraArgs:
-    """Ends a chain of transformations so that the chain keeps the optimizer-level contract:
-    zeroes (with -0.0) the updates of a call that is not committed."""
+def commit_chain(
+    *transformations: optax.GradientTransformation | None,
+) -> optax.GradientTransformationExtraArgs:
+    """`optax.chain` of transformations that keep their state where `commit` is False (None
+    entries are left out), as a `Committable`: such a call's updates become -0.0.
+
+    Where the first transformation is `Committable` itself, its -0.0 updates are passed on:
+    the later ones must pass updates through on an uncommitted call, as `ema_of_params` does.
+    (A second select of the same updates would keep XLA from sharing the parameters `p + u`
+    that the EMA reads with the caller's, at the cost of a parameter-sized pass.)
+
+    The chain takes the `loss_scale` argument (`adamx._capabilities.TakesLossScale`) if its
+    first transformation does: every element sees the extra arguments, and only the first one
+    reads the incoming gradients."""
+    parts = [t for t in transformations if t is not None]
+    if any(isinstance(t, TakesLossScale) for t in parts[1:]):
+        raise ValueError("Only the first transformation of a chain may take `loss_scale`.")
+    chained = optax.chain(*parts)
+    zeroed = bool(parts) and isinstance(parts[0], Committable)
 
     def update_fn(
         updates: optax.Updates,
-        state: optax.EmptyState,
+        state: optax.OptState,
         params: optax.Params | None = None,
         *,
-        commit: jax.Array | None = None,
+        commit: Any = None,
         **extra_args: Any,
-    ) -> tuple[optax.Updates, optax.EmptyState]:
-        del params, extra_args
-        return zero_unless(commit, updates), state
+    ) -> tuple[optax.Updates, optax.OptState]:
+        commit = check_commit(commit)
+        if commit is not None:
+            extra_args["commit"] = commit
+        new_updates, new_state = chained.update(updates, state, params, **extra_args)
+        return (new_updates if zeroed else zero_unless(commit, new_updates)), new_state
 
-    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+    takes_loss_scale = bool(parts) and isinstance(parts[0], TakesLossScale)
+    return with_capabilities(committable=True, takes_loss_scale=takes_loss_scale)(
+        chained.init, update_fn
+    )

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,27 +64,6 @@ def optimizer_settings(steps: int) -> dict[str, Any]:
         "use_ema": True,
         "ema_momentum": 0.99,
     }
-
-
-class Progress:
-    """A one-line progress bar on a terminal; ten plain lines otherwise (logs, CI)."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.tty, self.last = total, sys.stderr.isatty(), 0.0
-
-    def update(self, step: int, text: str) -> None:
-        now = time.perf_counter()
-        if self.tty:
-            if now - self.last > 0.1 or step == self.total:
-                filled = 30 * step // self.total
-                bar = "#" * filled + "." * (30 - filled)
-                sys.stderr.write(f"\r[{bar}] {step}/{self.total} {text}")
-                sys.stderr.flush()
-                self.last = now
-            if step == self.total:
-                sys.stderr.write("\n")
-        elif step % max(self.total // 10, 1) == 0 or step == self.total:
-            sys.stderr.write(f"step {step}/{self.total} {text}\n")
 
 
 class KerasTwin:
@@ -167,13 +147,8 @@ def plot(history: dict[str, list[Any]], path: Path) -> None:
         history["eval_step"], history["eval_loss_ema"], "s--", color="C2", label="eval, EMA weights"
     )
     if history.get("keras_eval_loss"):
-        ax_loss.plot(
-            history["eval_step"],
-            history["keras_eval_loss"],
-            "x:",
-            color="k",
-            label="eval, Keras Adam",
-        )
+        keras = history["keras_eval_loss"]
+        ax_loss.plot(history["eval_step"], keras, "x:", color="k", label="eval, Keras Adam")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="two spirals")
     ax_loss.legend()
     ax_rate.plot(steps, history["learning_rate"], color="C3")
@@ -181,6 +156,51 @@ def plot(history: dict[str, list[Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def final_metrics(
+    steps: int, evaluate: Callable[..., Any], params: Any, ema: Any, train: Any, eval_: Any
+) -> dict[str, Any]:
+    """Loss and accuracy of the trained and the EMA parameters, printed and returned."""
+    train_loss, train_accuracy = evaluate(params, *train)
+    eval_loss, eval_accuracy = evaluate(params, *eval_)
+    ema_loss, ema_accuracy = evaluate(ema, *eval_)
+    metrics: dict[str, Any] = {
+        "steps": steps,
+        "train_loss": float(train_loss),
+        "train_accuracy": float(train_accuracy),
+        "eval_loss": float(eval_loss),
+        "eval_accuracy": float(eval_accuracy),
+        "eval_loss_ema": float(ema_loss),
+        "eval_accuracy_ema": float(ema_accuracy),
+    }
+    print(f"train: loss {metrics['train_loss']:.4f}, accuracy {metrics['train_accuracy']:.3f}")
+    print(f"eval:  loss {metrics['eval_loss']:.4f}, accuracy {metrics['eval_accuracy']:.3f}")
+    print(
+        f"eval with EMA weights (adamx.ema_params): loss {metrics['eval_loss_ema']:.4f}, "
+        f"accuracy {metrics['eval_accuracy_ema']:.3f}"
+    )
+    return metrics
+
+
+def compare_with_keras(twin: KerasTwin, params: Any, ema: Any) -> dict[str, float]:
+    """The largest deviation of our parameters and EMA from Keras's, against its movement."""
+    theirs, initial = twin.as_tree(twin.values), twin.as_tree(twin.initial)
+    deviation = max(
+        largest_deviation(nnx.to_pure_dict(params), theirs),
+        largest_deviation(nnx.to_pure_dict(ema), twin.ema()),
+    )
+    movement = largest_deviation(theirs, initial)
+    print(
+        f"Keras Adam on the same weights and batches: largest deviation {deviation:.3g} "
+        f"(parameters and EMA) for a movement of {movement:.3g}; tolerance "
+        f"{KERAS_TOLERANCE} x movement = {KERAS_TOLERANCE * movement:.3g}"
+    )
+    return {
+        "keras_max_deviation": deviation,
+        "keras_movement": movement,
+        "keras_tolerance": KERAS_TOLERANCE * movement,
+    }
 
 
 def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]:
@@ -207,9 +227,6 @@ def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]
     def loss_fn(params: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
         return cross_entropy(nnx.merge(graphdef, params)(x), y)
 
-    def accuracy(params: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
-        return jnp.mean(jnp.argmax(nnx.merge(graphdef, params)(x), axis=-1) == y)
-
     @jax.jit
     def train_step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
@@ -218,22 +235,13 @@ def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]
 
     @jax.jit
     def evaluate(params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return loss_fn(params, x, y), accuracy(params, x, y)
+        logits = nnx.merge(graphdef, params)(x)
+        return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, axis=-1) == y)
 
-    history: dict[str, list[Any]] = {
-        key: []
-        for key in (
-            "train_loss",
-            "learning_rate",
-            "eval_step",
-            "eval_loss",
-            "eval_loss_ema",
-            "keras_eval_loss",
-        )
-    }
+    keys = ("train_loss", "learning_rate", "eval_step", "eval_loss", "eval_loss_ema")
+    history: dict[str, list[Any]] = {key: [] for key in (*keys, "keras_eval_loss")}
     eval_every = max(steps // 20, 1)
     rng = np.random.default_rng(seed)
-    progress = Progress(steps)
     for step in range(1, steps + 1):
         batch = rng.integers(0, len(x_train), size=BATCH)
         x, y = x_train[batch], y_train[batch]
@@ -242,7 +250,8 @@ def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]
         if twin is not None:
             twin.train_step(x, y)
         history["train_loss"].append(float(loss))
-        if step % eval_every == 0 or step == steps:
+        if step % eval_every == 0 or step == steps:  # 20 evaluations and progress lines
+            print(f"step {step}/{steps} loss {float(loss):.4f}", file=sys.stderr)
             history["eval_step"].append(step)
             history["eval_loss"].append(float(evaluate(params, x_eval, y_eval)[0]))
             ema = adamx.ema_params(opt_state)
@@ -250,44 +259,12 @@ def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]
             if twin is not None:
                 keras_params = from_pure(twin.as_tree(twin.values))
                 history["keras_eval_loss"].append(float(evaluate(keras_params, x_eval, y_eval)[0]))
-        progress.update(step, f"loss {float(loss):.4f}  lr {history['learning_rate'][-1]:.2e}")
 
-    train_loss, train_accuracy = evaluate(params, x_train, y_train)
-    eval_loss, eval_accuracy = evaluate(params, x_eval, y_eval)
-    ema_loss, ema_accuracy = evaluate(adamx.ema_params(opt_state), x_eval, y_eval)
-    metrics: dict[str, Any] = {
-        "steps": steps,
-        "train_loss": float(train_loss),
-        "train_accuracy": float(train_accuracy),
-        "eval_loss": float(eval_loss),
-        "eval_accuracy": float(eval_accuracy),
-        "eval_loss_ema": float(ema_loss),
-        "eval_accuracy_ema": float(ema_accuracy),
-    }
-    print(f"train: loss {metrics['train_loss']:.4f}, accuracy {metrics['train_accuracy']:.3f}")
-    print(f"eval:  loss {metrics['eval_loss']:.4f}, accuracy {metrics['eval_accuracy']:.3f}")
-    print(
-        f"eval with EMA weights (adamx.ema_params): loss {metrics['eval_loss_ema']:.4f}, "
-        f"accuracy {metrics['eval_accuracy_ema']:.3f}"
+    metrics = final_metrics(
+        steps, evaluate, params, adamx.ema_params(opt_state), (x_train, y_train), (x_eval, y_eval)
     )
     if twin is not None:
-        ours, theirs = nnx.to_pure_dict(params), twin.as_tree(twin.values)
-        initial = twin.as_tree(twin.initial)
-        deviation = max(
-            largest_deviation(ours, theirs),
-            largest_deviation(nnx.to_pure_dict(adamx.ema_params(opt_state)), twin.ema()),
-        )
-        movement = largest_deviation(theirs, initial)
-        metrics |= {
-            "keras_max_deviation": deviation,
-            "keras_movement": movement,
-            "keras_tolerance": KERAS_TOLERANCE * movement,
-        }
-        print(
-            f"Keras Adam on the same weights and batches: largest deviation {deviation:.3g} "
-            f"(parameters and EMA) for a movement of {movement:.3g}; tolerance "
-            f"{KERAS_TOLERANCE} x movement = {KERAS_TOLERANCE * movement:.3g}"
-        )
+        metrics |= compare_with_keras(twin, params, adamx.ema_params(opt_state))
     out.mkdir(parents=True, exist_ok=True)
     plot(history, out / "loss_curve.png")
     metrics["seconds"] = time.perf_counter() - start

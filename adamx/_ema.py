@@ -8,14 +8,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._commit import commit_state
+from adamx._commit import check_commit, commit_state
 from adamx._state import find_state
-from adamx._trees import check_same_structure, compute_dtype
+from adamx._trees import as_arrays, check_same_structure, compute_dtype
 from adamx._validation import check_int, check_real
 
 
 class ParamsEmaState(NamedTuple):
-    count: jax.Array  # type: ignore[assignment]  # int32[]: calls so far (Keras's raw counter `it`)
+    calls: jax.Array  # int32[]: calls so far (Keras's raw counter `it`)
     average: optax.Params  # like params: the moving average (Keras `<var>_average`)
 
 
@@ -29,7 +29,7 @@ def ema_of_params(
 
     Keras's `use_ema`, `ema_momentum` and `ema_overwrite_frequency`. With `p' = p + u` the
     parameters after this call's update and `k` the number of real updates before this call
-    (`count // steps_per_update`)::
+    (`calls // steps_per_update`)::
 
         mu  = ema_momentum * [k != 0]        # the first update copies: average = p'
         avg <- mu * avg + (1 - mu) * p'
@@ -45,7 +45,7 @@ def ema_of_params(
     is a selection, so a non-finite average never leaks into parameters that are not being
     overwritten; float16/bfloat16 averages are computed in float32 and stored in their dtype.
     Read the average with `adamx.ema_params(state)`. Given `commit` (see `adamx._commit`), a
-    call where it is False keeps the state and does not overwrite.
+    call where it is False keeps the state and passes the updates through (no overwrite).
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -64,23 +64,24 @@ def ema_of_params(
     check_int("steps_per_update", steps_per_update, low=1)
 
     def init_fn(params: optax.Params) -> ParamsEmaState:
-        return ParamsEmaState(count=jnp.zeros([], jnp.int32), average=optax.tree.zeros_like(params))
+        return ParamsEmaState(calls=jnp.zeros([], jnp.int32), average=optax.tree.zeros_like(params))
 
     def update_fn(
         updates: optax.Updates,
         state: ParamsEmaState,
         params: optax.Params | None = None,
         *,
-        commit: jax.Array | None = None,
+        commit: Any = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ParamsEmaState]:
         del extra_args
+        commit = check_commit(commit)
         if params is None:
             raise ValueError("ema_of_params needs `params`: call update(grads, state, params).")
-        check_same_structure("updates", updates, "params", params)
         check_same_structure("params", params, "the optimizer state's EMA", state.average)
-        k = state.count // steps_per_update
-        count = commit_state(commit, optax.safe_increment(state.count), state.count)
+        updates, params = as_arrays(updates), as_arrays(params)
+        k = state.calls // steps_per_update
+        calls = commit_state(commit, optax.safe_increment(state.calls), state.calls)
 
         def blend(avg: jax.Array, p: jax.Array) -> jax.Array:
             dtype = compute_dtype(avg.dtype)
@@ -90,7 +91,7 @@ def ema_of_params(
         if ema_overwrite_frequency is None:
             new_params = optax.apply_updates(params, updates)
             average = jax.tree.map(blend, state.average, new_params)
-            return updates, ParamsEmaState(count, commit_state(commit, average, state.average))
+            return updates, ParamsEmaState(calls, commit_state(commit, average, state.average))
         overwrite = (k + 1) % ema_overwrite_frequency == 0
         if commit is not None:
             overwrite = overwrite & commit
@@ -109,7 +110,7 @@ def ema_of_params(
             state.average,
             new_params,
         )
-        return updates, ParamsEmaState(count, commit_state(commit, average, state.average))
+        return updates, ParamsEmaState(calls, commit_state(commit, average, state.average))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

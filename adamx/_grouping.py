@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adamx._exclusion import Exclusion, leaf_decay_mask
 from adamx._trees import check_floating, parameter_path, path_str
-from adamx._weight_decay import Exclusion, decay_mask
 
 
 class _Slot(NamedTuple):
@@ -131,7 +131,7 @@ def group_leaves(params: Any, exclude_from_weight_decay: Exclusion = None) -> Gr
     paths = tuple(path_str(parameter_path(path)) for path, _ in leaves_with_paths)
     for path, (_, leaf) in zip(paths, leaves_with_paths, strict=True):
         _check_not_sharded(path, leaf)
-    decayed = jax.tree.leaves(decay_mask(params, exclude_from_weight_decay))
+    decayed = jax.tree.leaves(leaf_decay_mask(params, exclude_from_weight_decay))
 
     groups: dict[tuple[str, bool], list[int]] = {}
     for index, ((_, leaf), decay) in enumerate(zip(leaves_with_paths, decayed, strict=True)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -13,12 +13,14 @@ import optax
 
 from adamx._accumulation import AccumulateGradientsState
 from adamx._adam import adam
+from adamx._clipping import check_one_clip
 from adamx._ema import ParamsEmaState
+from adamx._exclusion import Exclusion
 from adamx._hyperparams import at_keras_step, learning_rate_schedule
 from adamx._loss_scale import DynamicLossScaleState, loss_scale_optimizer
 from adamx._moments import ScaleByKerasAdamState
 from adamx._trees import parameter_path, path_str
-from adamx._weight_decay import DecoupledWeightDecayState, Exclusion
+from adamx._weight_decay import DecoupledWeightDecayState
 
 _ADAM_CLASSES = ("Adam", "AdamW")  # Keras 3's AdamW is Adam with another default weight_decay
 # The keys of `Adam.get_config()`, which are `adamx.adam`'s arguments.
@@ -94,12 +96,7 @@ def _adam_arguments(config: dict[str, Any]) -> dict[str, Any]:
     arguments = dict(config)
     if "learning_rate" in arguments:
         arguments["learning_rate"] = _learning_rate(arguments["learning_rate"])
-    if sum(arguments.get(key) is not None for key in _CLIP_KEYS) > 1:
-        received = ", ".join(f"{key}={arguments.get(key)}" for key in _CLIP_KEYS)
-        raise ValueError(
-            f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
-            f"{received}"
-        )
+    check_one_clip(*(arguments.get(key) for key in _CLIP_KEYS))
     for key in _CLIP_KEYS:  # Keras skips clipping for thresholds <= 0
         value = arguments.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
@@ -303,49 +300,40 @@ def from_keras_optimizer(
     steps = adam_arguments["gradient_accumulation_steps"]
     updates = calls // (steps or 1)
     rate = at_keras_step(learning_rate_schedule(adam_arguments.get("learning_rate", 0.001)), steps)
-    known = (
-        DynamicLossScaleState,
-        AccumulateGradientsState,
-        ScaleByKerasAdamState,
-        DecoupledWeightDecayState,
-        ParamsEmaState,
-    )
 
     def count(value: int) -> jax.Array:
         return jnp.asarray(value, jnp.int32)
 
-    def move(node: Any) -> Any:
-        if isinstance(node, DynamicLossScaleState):
-            return node._replace(
-                loss_scale=jnp.asarray(np.asarray(scaler.dynamic_scale.value), jnp.float32),
-                growth_count=count(int(np.asarray(scaler.step_counter.value))),
-                inner_state=move_all(node.inner_state),
-            )
-        if isinstance(node, AccumulateGradientsState):
-            return node._replace(
-                mini_step=count(calls % steps),
-                gradient_step=count(updates),
-                acc_grads=slot(inner._accumulated_gradients, node.acc_grads),
-                inner_state=move_all(node.inner_state),
-            )
-        if isinstance(node, ScaleByKerasAdamState):
-            return node._replace(
-                count=count(updates),
-                learning_rate=jnp.array(rate(count(updates)), jnp.float32),
-                mu=slot(inner._momentums, node.mu),
-                nu=slot(inner._velocities, node.nu),
-                nu_max=slot(inner._velocity_hats, node.nu) if node.nu_max is not None else None,
-            )
-        if isinstance(node, DecoupledWeightDecayState):
-            return node._replace(count=count(updates))
-        if isinstance(node, ParamsEmaState):
-            return node._replace(
-                count=count(calls),
-                average=slot(inner._model_variables_moving_average, node.average),
-            )
-        return node
+    own_fields: dict[type, Callable[[Any], dict[str, Any]]] = {  # each sub-state's, from Keras
+        DynamicLossScaleState: lambda node: {
+            "loss_scale": jnp.asarray(np.asarray(scaler.dynamic_scale.value), jnp.float32),
+            "growth_count": count(int(np.asarray(scaler.step_counter.value))),
+        },
+        AccumulateGradientsState: lambda node: {
+            "mini_step": count(calls % steps),
+            "acc_grads": slot(inner._accumulated_gradients, node.acc_grads),
+        },
+        ScaleByKerasAdamState: lambda node: {
+            "count": count(updates),
+            "next_learning_rate": jnp.array(rate(count(updates)), jnp.float32),
+            "mu": slot(inner._momentums, node.mu),
+            "nu": slot(inner._velocities, node.nu),
+            "nu_max": None if node.nu_max is None else slot(inner._velocity_hats, node.nu),
+        },
+        DecoupledWeightDecayState: lambda node: {"lr_step": count(updates)},
+        ParamsEmaState: lambda node: {
+            "calls": count(calls),
+            "average": slot(inner._model_variables_moving_average, node.average),
+        },
+    }
+    state = tx.init(params)
+    for kind, fields in own_fields.items():  # a wrapper's own fields leave its inner state be
 
-    def move_all(tree: Any) -> Any:
-        return jax.tree.map(move, tree, is_leaf=lambda node: isinstance(node, known))
+        def move(node: Any, kind: Any = kind, fields: Callable[..., Any] = fields) -> Any:
+            return node._replace(**fields(node)) if isinstance(node, kind) else node
 
-    return tx, move_all(tx.init(params))
+        def is_kind(node: Any, kind: Any = kind) -> bool:
+            return isinstance(node, kind)
+
+        state = jax.tree.map(move, state, is_leaf=is_kind)
+    return tx, state

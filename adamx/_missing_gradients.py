@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._accumulation import AccumulateGradientsState
+from adamx._capabilities import like
 from adamx._trees import path_str
 from adamx._validation import check_transformation
 
@@ -18,30 +18,18 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-def _keep_missing(new: Any, old: Any, present: Any, params_def: Any) -> Any:
-    """Per-parameter state subtrees (shaped like params) keep their old leaves where the
-    gradient is missing; everything else (counters, scalars) takes its new value. Accumulators
-    take their new value too: a missing gradient adds zero to them, and their old value may be
-    a finished cycle's sum that this call discards."""
-
-    def shaped_like_params(node: Any) -> bool:
-        return jax.tree.structure(node) == params_def
-
-    def accumulator(node: Any) -> bool:
-        return isinstance(node, AccumulateGradientsState)
-
-    def select(n: Any, o: Any) -> Any:
-        if accumulator(n):
-            return n._replace(
-                inner_state=_keep_missing(n.inner_state, o.inner_state, present, params_def)
-            )
-        if not shaped_like_params(n):
-            return n
-        return jax.tree.map(lambda nl, ol, keep: nl if keep else ol, n, o, present)
-
-    return jax.tree.map(
-        select, new, old, is_leaf=lambda node: accumulator(node) or shaped_like_params(node)
+def _keep_missing(inner: optax.GradientTransformation, new: Any, old: Any, present: Any) -> Any:
+    """`new`, except that the state held per parameter (every copy of the parameter tree in
+    the state, as `optax.tree_map_params` finds them) keeps its old leaves where the gradient
+    is missing; counters and other scalars take their new value."""
+    keep_new = optax.tree_map_params(
+        inner,
+        lambda _, has_gradient: has_gradient,
+        new,
+        present,
+        transform_non_params=lambda _: True,
     )
+    return jax.tree.map(lambda keep, n, o: n if keep else o, keep_new, new, old)
 
 
 def skip_missing_gradients(
@@ -54,7 +42,10 @@ def skip_missing_gradients(
     that first gets a gradient on call 2 is updated with Keras's `t = 2`. A warning names the
     parameters without gradients (at trace time); if every gradient is None, ValueError, as in
     Keras. Trees without None leaves pass straight through. `params` is required when some
-    gradients are None: they tell the full tree.
+    gradients are None: they tell the full tree. `inner` gets zeros for the missing gradients
+    and a `has_gradient` extra argument (a pytree of Python bools), which
+    `accumulate_gradients` reads. The result keeps `inner`'s capabilities (`Committable`,
+    `TakesLossScale`).
     """
     check_transformation("inner", inner)
     inner = optax.with_extra_args_support(inner)
@@ -93,7 +84,6 @@ def skip_missing_gradients(
         new_updates = jax.tree.map(
             lambda u, keep: u if keep else jnp.full_like(u, -0.0), new_updates, present
         )
-        params_def = jax.tree.structure(params)
-        return new_updates, _keep_missing(new_state, state, present, params_def)
+        return new_updates, _keep_missing(inner, new_state, state, present)
 
-    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+    return like(inner)(inner.init, update_fn)

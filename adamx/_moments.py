@@ -8,9 +8,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._commit import commit_state
+from adamx._commit import check_commit, commit_state
 from adamx._hyperparams import LearningRate, learning_rate_schedule
-from adamx._trees import check_floating, check_same_structure, compute_dtype, tree_map_multi
+from adamx._trees import (
+    as_arrays,
+    check_floating,
+    check_same_structure,
+    compute_dtype,
+    tree_map_multi,
+)
 from adamx._validation import check_bool, check_real
 
 
@@ -18,7 +24,7 @@ class ScaleByKerasAdamState(NamedTuple):
     """State of `scale_by_keras_adam`; the slot names in comments are Keras's."""
 
     count: jax.Array  # type: ignore[assignment]  # int32[]: updates applied so far (Keras `iterations`)
-    learning_rate: jax.Array  # float32[]: the rate the next update will use
+    next_learning_rate: jax.Array  # float32[]: the rate the next update will use
     mu: optax.Updates  # like params, dtype mu_dtype or the params': `momentum`
     nu: optax.Updates  # like params: `velocity`, the raw (uncorrected) average of g²
     nu_max: optax.Updates | None  # like params if amsgrad, else None: `velocity_hat`
@@ -121,7 +127,7 @@ def scale_by_keras_adam(
         count = jnp.zeros([], jnp.int32)
         return ScaleByKerasAdamState(
             count=count,
-            learning_rate=rate(count),
+            next_learning_rate=rate(count),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
             nu=optax.tree.zeros_like(params),
             nu_max=optax.tree.zeros_like(params) if amsgrad else None,
@@ -132,66 +138,75 @@ def scale_by_keras_adam(
         state: ScaleByKerasAdamState,
         params: optax.Params | None = None,
         *,
-        commit: jax.Array | None = None,
+        commit: Any = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByKerasAdamState]:
         del params, extra_args
+        commit, updates = check_commit(commit), as_arrays(updates)
         check_same_structure("updates", updates, "the optimizer state's moments", state.nu)
-        learning_rate = schedule(state.count)
-        step = optax.safe_increment(state.count)
+        step, learning_rate = optax.safe_increment(state.count), schedule(state.count)
+        pairs = zip(jax.tree.leaves(state.mu), jax.tree.leaves(state.nu), strict=True)
+        dtypes = {compute_dtype(m.dtype, v.dtype) for m, v in pairs}
+        scalars = {d: _StepScalars.of(step, learning_rate, beta_1, beta_2, d) for d in dtypes}
+        hyper = (beta_1, beta_2, epsilon, amsgrad, nesterov, commit)
 
-        scalars: dict[Any, tuple[jax.Array, ...]] = {}
-
-        def step_scalars(dtype: Any) -> tuple[jax.Array, ...]:
-            # Once per compute dtype, not once per leaf: the same values, a much shorter trace
-            # for trees of many tensors.
-            if dtype not in scalars:
-                t = step.astype(dtype)
-                b1_power = jnp.power(jnp.asarray(beta_1, dtype), t)
-                b2_power = jnp.power(jnp.asarray(beta_2, dtype), t)
-                lr = jnp.asarray(learning_rate).astype(dtype)
-                if nesterov:
-                    b1_next_power = jnp.power(jnp.asarray(beta_1, dtype), t + 1)
-                    scalars[dtype] = (
-                        lr * jnp.sqrt(1 - b2_power),
-                        1 - b1_next_power,
-                        1 - b1_power,
-                    )
-                else:
-                    scalars[dtype] = (lr * jnp.sqrt(1 - b2_power) / (1 - b1_power),)
-            return scalars[dtype]
-
-        def keep_unless_committed(new: jax.Array, old: jax.Array) -> jax.Array:
-            # Selected in the compute dtype, so the step below reads what the state stores
-            # (for float32, the very buffer XLA then updates in place).
-            return new if commit is None else jnp.where(commit, new, old.astype(new.dtype))
-
-        def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: jax.Array) -> tuple[Any, ...]:
-            dtype = compute_dtype(v.dtype, m.dtype)
-            g, m_old, v_old = g.astype(dtype), m.astype(dtype), v.astype(dtype)
-            m = keep_unless_committed(m_old + (g - m_old) * (1 - beta_1), m_old)
-            v = keep_unless_committed(v_old + (jnp.square(g) - v_old) * (1 - beta_2), v_old)
-            if amsgrad:
-                v_max = keep_unless_committed(jnp.maximum(v_max.astype(dtype), v), v_max)
-            root_v = jnp.sqrt(v_max if amsgrad else v)
-            if nesterov:
-                lr_root, b1_next_correction, b1_correction = step_scalars(dtype)
-                m_hat = beta_1 * m / b1_next_correction + (1 - beta_1) * g / b1_correction
-                out = (m_hat * lr_root) / (root_v + epsilon)
-            else:
-                (alpha,) = step_scalars(dtype)
-                out = (m * alpha) / (root_v + epsilon)
-            return out, m, v, v_max
+        def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: jax.Array) -> tuple:
+            return _adam_leaf(hyper, scalars[compute_dtype(m.dtype, v.dtype)], g, m, v, v_max)
 
         nu_max = state.nu_max if amsgrad else state.nu
         out, mu, nu, nu_max = tree_map_multi(one_leaf, 4, updates, state.mu, state.nu, nu_max)
-        counters = commit_state(commit, (step, rate(step)), (state.count, state.learning_rate))
+        counters = commit_state(commit, (step, rate(step)), (state.count, state.next_learning_rate))
         return optax.tree.cast_like(out, state.nu), ScaleByKerasAdamState(
             count=counters[0],
-            learning_rate=counters[1],
+            next_learning_rate=counters[1],
             mu=optax.tree.cast_like(mu, state.mu),
             nu=optax.tree.cast_like(nu, state.nu),
             nu_max=optax.tree.cast_like(nu_max, state.nu) if amsgrad else None,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _StepScalars(NamedTuple):
+    """The per-call scalars of one compute dtype: computed once per dtype, not per leaf (the
+    same values, a much shorter trace for trees of many tensors)."""
+
+    alpha: jax.Array  # lr * sqrt(1 - beta_2**t) / (1 - beta_1**t), Keras's step size
+    lr_root: jax.Array  # lr * sqrt(1 - beta_2**t), for Nesterov
+    b1_correction: jax.Array  # 1 - beta_1**t
+    b1_next_correction: jax.Array  # 1 - beta_1**(t + 1), for Nesterov
+
+    @classmethod
+    def of(cls, step: jax.Array, lr: Any, beta_1: float, beta_2: float, dtype: Any) -> _StepScalars:
+        t = step.astype(dtype)
+        b1_power = jnp.power(jnp.asarray(beta_1, dtype), t)
+        b2_power = jnp.power(jnp.asarray(beta_2, dtype), t)
+        lr_root = jnp.asarray(lr).astype(dtype) * jnp.sqrt(1 - b2_power)
+        b1_next_power = jnp.power(jnp.asarray(beta_1, dtype), t + 1)
+        return cls(lr_root / (1 - b1_power), lr_root, 1 - b1_power, 1 - b1_next_power)
+
+
+def _adam_leaf(
+    hyper: tuple[Any, ...], s: _StepScalars, g: jax.Array, m: jax.Array, v: jax.Array, v_max: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One leaf's step and new moments, in Keras's order of operations (float32 at least)."""
+    beta_1, beta_2, epsilon, amsgrad, nesterov, commit = hyper
+    dtype = compute_dtype(v.dtype, m.dtype)
+
+    def keep_unless_committed(new: jax.Array, old: jax.Array) -> jax.Array:
+        # Selected in the compute dtype, so the step below reads what the state stores
+        # (for float32, the very buffer XLA then updates in place).
+        return new if commit is None else jnp.where(commit, new, old.astype(new.dtype))
+
+    g, m_old, v_old = g.astype(dtype), m.astype(dtype), v.astype(dtype)
+    m = keep_unless_committed(m_old + (g - m_old) * (1 - beta_1), m_old)
+    v = keep_unless_committed(v_old + (jnp.square(g) - v_old) * (1 - beta_2), v_old)
+    if amsgrad:
+        v_max = keep_unless_committed(jnp.maximum(v_max.astype(dtype), v), v_max)
+    root_v = jnp.sqrt(v_max if amsgrad else v)
+    if nesterov:
+        m_hat = beta_1 * m / s.b1_next_correction + (1 - beta_1) * g / s.b1_correction
+        out = (m_hat * s.lr_root) / (root_v + epsilon)
+    else:
+        out = (m * s.alpha) / (root_v + epsilon)
+    return out, m, v, v_max

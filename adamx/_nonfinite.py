@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._commit import commit_state, mark_honours_commit, update_committed
+from adamx._capabilities import Committable
+from adamx._commit import both, check_commit, commit_state, update_committed
 from adamx._validation import check_transformation
 
 
@@ -21,7 +22,9 @@ def all_finite(tree: Any) -> jax.Array:
     """True if every element of every (non-None) leaf is finite; True for an empty tree."""
     # `sum(x - x)` is NaN exactly when some element is not finite, and cannot overflow. It is
     # one plain reduction over `x`, where `all(isfinite(x))` makes XLA:CPU write a byte mask.
-    flags = [jnp.isfinite(jnp.sum(leaf - leaf)) for leaf in jax.tree.leaves(tree)]
+    # (As JAX arrays: NumPy would warn about `inf - inf`.)
+    leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+    flags = [jnp.isfinite(jnp.sum(leaf - leaf)) for leaf in leaves]
     if not flags:
         return jnp.asarray(True)
     # `all(flags)`, written as the first of the sorted flags. XLA fuses an `all` into every
@@ -48,8 +51,9 @@ def skip_nonfinite_updates(
     NaN gradients and the parameters become NaN; `adamx.adam` does the same by default);
     `loss_scale_optimizer` skips the same way and also adjusts its scale. Unlike
     `optax.apply_if_finite`, there is no limit after which non-finite updates go through.
-    Around an adamx optimizer the decision is passed down as `commit` (see `adamx._commit`), so
-    the moments are updated in place rather than copied.
+    Around a `Committable` optimizer (any adamx optimizer) the decision is passed down as
+    `commit` (see `adamx._commit`), so the moments are updated in place rather than copied;
+    around any other the inner state is selected afterwards, which XLA does by copying it.
 
     Example:
       >>> import jax.numpy as jnp, adamx
@@ -70,17 +74,17 @@ def skip_nonfinite_updates(
         state: SkipNonFiniteState,
         params: optax.Params | None = None,
         *,
-        commit: jax.Array | None = None,
+        commit: Any = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, SkipNonFiniteState]:
+        commit = check_commit(commit)
         finite = all_finite(updates)
-        inner_commit = finite if commit is None else finite & commit
         new_updates, inner_state = update_committed(
-            inner, inner_commit, updates, state.inner_state, params, **extra_args
+            inner, both(commit, finite), updates, state.inner_state, params, **extra_args
         )
         skipped = jnp.where(finite, state.skipped, optax.safe_increment(state.skipped))
         return new_updates, SkipNonFiniteState(
             skipped=commit_state(commit, skipped, state.skipped), inner_state=inner_state
         )
 
-    return mark_honours_commit(optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return Committable(init_fn, update_fn)

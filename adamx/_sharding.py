@@ -38,40 +38,34 @@ def _param_shardings(params: optax.Params) -> Any:
 def state_shardings(tx: optax.GradientTransformation, params: optax.Params) -> Any:
     """The sharding of every leaf of `tx.init(params)`, without running it.
 
-    A state leaf inside a subtree shaped like `params` (Adam's moments, v-hat, the EMA average,
-    the gradient accumulator) gets its parameter's sharding; every other leaf (counters, the
-    learning rate, the loss scale) is replicated on the parameters' mesh. Use it where sharding
-    cannot follow from the data: `jax.jit(tx.init, out_shardings=state_shardings(tx, params))`
-    on meshes with `AxisType.Auto` axes (there `jax.jit(tx.init)` replicates, as it does for any
-    optax optimizer), and as the target when restoring a checkpoint onto a mesh::
+    A state leaf in a copy of the parameter tree (Adam's moments, v-hat, the EMA average, the
+    gradient accumulator; found as `optax.tree_map_params` finds them) gets its parameter's
+    sharding; every other leaf (counters, the learning rate, the loss scale) is replicated on
+    the parameters' mesh. Use it where sharding cannot follow from the data:
+    `jax.jit(tx.init, out_shardings=state_shardings(tx, params))` on meshes with
+    `AxisType.Auto` axes (there `jax.jit(tx.init)` replicates, as it does for any optax
+    optimizer), and as the target when restoring a checkpoint onto a mesh::
 
         target = jax.tree.map(
             lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
                                                          sharding=sharding),
             jax.eval_shape(tx.init, params), adamx.state_shardings(tx, params))
 
-    Works for any optax transformation. `params` may be arrays or `jax.ShapeDtypeStruct`s with
-    a `sharding`; eager `tx.init(params)`, and `jax.jit(tx.init)` on `AxisType.Explicit`
-    meshes, already shard the state this way.
+    Works for any optax transformation that `optax.tree_map_params` works for (optax's own and
+    adamx's do). `params` may be arrays or `jax.ShapeDtypeStruct`s with a `sharding`; eager
+    `tx.init(params)`, and `jax.jit(tx.init)` on `AxisType.Explicit` meshes, already shard the
+    state this way.
     """
     param_shardings = _param_shardings(params)
     sharding_leaves = jax.tree.leaves(param_shardings)
     if not sharding_leaves:
         raise ValueError("state_shardings needs at least one parameter.")
     replicated = _replicated_like(sharding_leaves[0])
-    params_def: Any = jax.tree.structure(params)
-
-    def shaped_like_params(node: Any) -> bool:
-        return jax.tree.structure(node) == params_def
-
-    def assign(node: Any) -> Any:
-        if not shaped_like_params(node):
-            return replicated
-        return jax.tree.map(
-            lambda leaf, param, sharding: sharding if leaf.shape == param.shape else replicated,
-            node,
-            params,
-            param_shardings,
-        )
-
-    return jax.tree.map(assign, jax.eval_shape(tx.init, params), is_leaf=shaped_like_params)
+    return optax.tree_map_params(
+        tx,
+        lambda leaf, param, sharding: sharding if leaf.shape == param.shape else replicated,
+        jax.eval_shape(tx.init, params),
+        params,
+        param_shardings,
+        transform_non_params=lambda _: replicated,
+    )

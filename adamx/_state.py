@@ -49,4 +49,4 @@ def current_learning_rate(state: Any) -> jax.Array:
         injected = find_state(state, injected_kind)
         if injected is not None and "learning_rate" in injected.hyperparams:
             return injected.hyperparams["learning_rate"]
-    return _adam_state(state).learning_rate
+    return _adam_state(state).next_learning_rate

@@ -48,6 +48,18 @@ def check_same_structure(
         )
 
 
+def check_same_shapes(updates: Any, params: Any) -> None:
+    """Raises a ValueError naming the first gradient leaf (None leaves skipped) whose shape is
+    not its parameter's: JAX would broadcast it silently, or fail with no leaf path."""
+    flat = jax.tree_util.tree_flatten_with_path(updates, is_leaf=lambda x: x is None)[0]
+    for (path, g), p in zip(flat, jax.tree.leaves(params), strict=True):
+        if g is not None and jnp.shape(g) != jnp.shape(p):
+            raise ValueError(
+                f"The gradient at '{path_str(path)}' has shape {jnp.shape(g)}, its parameter "
+                f"{jnp.shape(p)}; they must be equal."
+            )
+
+
 def check_floating(tree: Any, what: str = "parameters") -> None:
     """adamx takes floating-point parameters and gradients only; an integer or boolean leaf
     gets a clear TypeError (at trace time) rather than a silent conversion."""
@@ -58,6 +70,11 @@ def check_floating(tree: Any, what: str = "parameters") -> None:
                 f"dtype {jnp.result_type(leaf)}. Cast it to a float dtype or keep it out of the "
                 "optimized tree."
             )
+
+
+def as_arrays(tree: Any) -> Any:
+    """Python and NumPy scalars and arrays as JAX arrays (JAX arrays and tracers unchanged)."""
+    return jax.tree.map(jnp.asarray, tree)
 
 
 def compute_dtype(*dtypes: Any) -> jnp.dtype:

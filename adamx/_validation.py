@@ -12,6 +12,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -28,8 +29,9 @@ def _as_real(name: str, value: Any, accepted: str) -> float | None:
     if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, np.ndarray | jax.Array) and value.shape == ():
-        if not np.issubdtype(value.dtype, np.floating) and not np.issubdtype(
-            value.dtype, np.integer
+        # jnp's issubdtype knows bfloat16 is floating; NumPy's does not.
+        if not jnp.issubdtype(value.dtype, jnp.floating) and not jnp.issubdtype(
+            value.dtype, jnp.integer
         ):
             raise TypeError(
                 f"`{name}` must be {accepted}; received an array of dtype {value.dtype}."
@@ -56,12 +58,14 @@ def check_real(
     too_low = number <= low if low_open else number < low
     too_high = number >= high if high_open else number > high
     if not math.isfinite(number) or too_low or too_high:
-        raise ValueError(f"`{name}` must be {accepted}. Received: {name}={value!r}")
-
-
-def check_optional_real(name: str, value: Any, **interval: Any) -> None:
-    if value is not None:
-        check_real(name, value, **interval)
+        hint = ""
+        if getattr(value, "dtype", None) in (jnp.bfloat16, jnp.float16):
+            hint = (
+                f" (the value rounded to {value.dtype}; `optax.inject_hyperparams` casts "
+                "hyper-parameters to the parameters' dtype unless given "
+                "`hyperparam_dtype=jnp.float32`)"
+            )
+        raise ValueError(f"`{name}` must be {accepted}. Received: {name}={value!r}{hint}")
 
 
 def check_bool(name: str, value: Any) -> None:

@@ -2,98 +2,32 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._commit import commit_state
+from adamx._commit import check_commit, commit_state
+from adamx._exclusion import Exclusion, check_exclusion, leaf_decay_mask
+from adamx._grouping import GroupedParams, group_flags
 from adamx._hyperparams import LearningRate, learning_rate_schedule
-from adamx._trees import check_same_structure, compute_dtype, parameter_path, path_str
+from adamx._trees import as_arrays, compute_dtype, parameter_path, path_str
 from adamx._validation import check_real
-
-Exclusion: TypeAlias = str | Sequence[str] | Any | Callable[[Any], Any] | None
-"""Regular-expression patterns, each `re.search`ed in a leaf's `/`-joined key path and in its
-last key (Keras's short variable name); or a pytree of
-bools (True = excluded) shaped like the parameters or a prefix of them; or a callable of the
-parameters returning such a tree; or None (decay every leaf)."""
 
 
 class DecoupledWeightDecayState(NamedTuple):
-    count: jax.Array  # type: ignore[assignment]  # int32[]: updates applied so far, where the learning-rate schedule is read
-
-
-def _patterns(exclude: Exclusion) -> list[re.Pattern[str]] | None:
-    """Compiled patterns if `exclude` is a pattern list (or one pattern), else None."""
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    if not isinstance(exclude, list | tuple) or not exclude:
-        return None
-    if not all(isinstance(pattern, str) for pattern in exclude):
-        return None
-    compiled = []
-    for pattern in exclude:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as error:
-            raise ValueError(
-                f"`exclude_from_weight_decay` holds an invalid regular expression {pattern!r}: "
-                f"{error}"
-            ) from None
-    return compiled
-
-
-def check_exclusion(exclude: Exclusion) -> None:
-    """Compiles patterns eagerly, so a bad regular expression fails at construction."""
-    _patterns(exclude)
-
-
-def _as_bool(value: Any, path: str) -> bool:
-    try:
-        return bool(value)
-    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
-        raise TypeError(
-            "`exclude_from_weight_decay` masks must hold Python or NumPy booleans, known before "
-            f"tracing; the entry for '{path}' is {value!r}."
-        ) from None
+    lr_step: jax.Array  # int32[]: updates applied so far: where the learning-rate schedule is read
 
 
 def decay_mask(params: Any, exclude_from_weight_decay: Exclusion = None) -> Any:
     """A pytree of Python bools shaped like `params`: True where the leaf is decayed.
 
     For `adamx.group_leaves` parameters, one bool per buffer, from the leaves it holds."""
-    from adamx._grouping import GroupedParams, group_flags  # grouping itself uses decay_mask
-
     if isinstance(params, GroupedParams):
-        leaf_mask = decay_mask(params.leaf_specs(), exclude_from_weight_decay)
+        leaf_mask = leaf_decay_mask(params.leaf_specs(), exclude_from_weight_decay)
         return group_flags(params, leaf_mask)
-    exclude = exclude_from_weight_decay
-    patterns = _patterns(exclude)
-    if exclude is None or patterns is not None:
-        patterns = patterns or []
-
-        def decayed(path: tuple[Any, ...], _: Any) -> bool:
-            # The full path allows "encoder/.*/scale"; the last key alone is Keras's short
-            # variable name, so anchored Keras patterns such as "^k" keep working.
-            path = parameter_path(path)
-            names = (path_str(path), path_str(path[-1:]))
-            return not any(p.search(name) for p in patterns for name in names)
-
-        return jax.tree_util.tree_map_with_path(decayed, params)
-    excluded = exclude(params) if callable(exclude) else exclude
-    try:
-        broadcast = jax.tree.map(
-            lambda flag, subtree: jax.tree.map(lambda _: flag, subtree), excluded, params
-        )
-    except ValueError:
-        check_same_structure("exclude_from_weight_decay", excluded, "params", params)
-        raise
-    return jax.tree_util.tree_map_with_path(
-        lambda path, flag: not _as_bool(flag, path_str(path)), broadcast
-    )
+    return leaf_decay_mask(params, exclude_from_weight_decay)
 
 
 def decayed_paths(params: Any, exclude_from_weight_decay: Exclusion = None) -> list[str]:
@@ -149,24 +83,28 @@ def decoupled_weight_decay(
     schedule = learning_rate_schedule(learning_rate)
 
     def init_fn(params: optax.Params) -> DecoupledWeightDecayState:
-        decay_mask(params, exclude_from_weight_decay)  # fail early on a mismatched mask
-        return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+        # Fail early on a mismatched mask; `optax.tree_map_params` inits with a leafless
+        # placeholder, which no mask matches.
+        if jax.tree.leaves(params):
+            decay_mask(params, exclude_from_weight_decay)
+        return DecoupledWeightDecayState(lr_step=jnp.zeros([], jnp.int32))
 
     def update_fn(
         updates: optax.Updates,
         state: DecoupledWeightDecayState,
         params: optax.Params | None = None,
         *,
-        commit: jax.Array | None = None,
+        commit: Any = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, DecoupledWeightDecayState]:
         del extra_args
+        commit = check_commit(commit)
         if params is None:
             raise ValueError(
                 "decoupled_weight_decay needs `params`: call update(grads, state, params)."
             )
-        check_same_structure("updates", updates, "params", params)
-        learning_rate = jnp.asarray(schedule(state.count))
+        updates, params = as_arrays(updates), as_arrays(params)
+        learning_rate = jnp.asarray(schedule(state.lr_step))
 
         def decay_one(u: jax.Array, p: jax.Array, decayed: bool) -> jax.Array:
             if not decayed:
@@ -179,7 +117,7 @@ def decoupled_weight_decay(
 
         mask = decay_mask(params, exclude_from_weight_decay)
         new_updates = jax.tree.map(decay_one, updates, params, mask)
-        count = optax.safe_increment(state.count)
-        return new_updates, DecoupledWeightDecayState(commit_state(commit, count, state.count))
+        lr_step = optax.safe_increment(state.lr_step)
+        return new_updates, DecoupledWeightDecayState(commit_state(commit, lr_step, state.lr_step))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

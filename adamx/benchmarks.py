@@ -395,27 +395,43 @@ def rows_for(tree: str, candidates: list[Candidate], size: int, floor: float) ->
 def show(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int) or digits == 0:
+        return str(round(value))
     return f"{value:.{digits}f}"
+
+
+COLUMNS = (  # (heading, row key, width, digits)
+    ("median ms", "median_ms", 10, 2),
+    ("IQR ms", "spread_ms", 6, 2),
+    ("x optax", "vs_optax_adam", 7, 2),
+    ("GB/s", "gb_per_s", 6, 1),
+    ("x floor", "vs_bandwidth_floor", 7, 2),
+    ("compile s", "compile_s", 9, 2),
+    ("state B/p", "state_bytes_per_param", 9, 1),
+    ("XLA passes", "xla_passes_per_param", 10, 1),
+    ("kernels", "kernels", 7, 0),
+)
 
 
 def print_table(rows: list[dict], tree: str, size: int, tensors: int) -> None:
     print(f"\n{tree}: {size / 1e6:.1f}M parameters in {tensors} tensors")
-    header = (
-        f"  {'optimizer':28s} {'median ms':>10s} {'IQR':>6s} {'x optax':>7s} {'GB/s':>6s} "
-        f"{'x floor':>7s} {'compile s':>9s} {'state B/p':>9s} {'XLA passes':>10s} "
-        f"{'kernels':>7s}"
-    )
-    print(header)
+    print(f"  {'optimizer':28s}" + "".join(f" {head:>{width}s}" for head, _, width, _ in COLUMNS))
     for r in rows:
-        print(
-            f"  {r['optimizer']:28s} {show(r['median_ms']):>10s} {show(r['spread_ms']):>6s} "
-            f"{show(r['vs_optax_adam']):>7s} {show(r['gb_per_s'], 1):>6s} "
-            f"{show(r['vs_bandwidth_floor']):>7s} {show(r['compile_s']):>9s} "
-            f"{show(r['state_bytes_per_param'], 1):>9s} {show(r['xla_passes_per_param'], 1):>10s}"
-            f" {show(r['kernels']):>7s}"
-        )
+        cells = "".join(f" {show(r[key], digits):>{width}s}" for _, key, width, digits in COLUMNS)
+        print(f"  {r['optimizer']:28s}{cells}")
+
+
+def machine_facts(floor: float) -> dict[str, Any]:
+    device = jax.devices()[0]
+    return {
+        "device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "adamx": adamx.__version__,
+        "bandwidth_floor_gb_per_s": floor,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -444,20 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except re.error as error:
         parser.error(f"--only is not a regular expression: {error}")
     floor = bandwidth_floor(64 if args.quick else 256)
-    device = jax.devices()[0]
-    machine = {
-        "device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "optax": optax.__version__,
-        "adamx": adamx.__version__,
-        "bandwidth_floor_gb_per_s": floor,
-    }
+    machine = machine_facts(floor)
     print(
-        " | ".join(
-            f"{k}: {v if not isinstance(v, float) else f'{v:.1f}'}" for k, v in machine.items()
-        )
+        " | ".join(f"{k}: {show(v, 1) if isinstance(v, float) else v}" for k, v in machine.items())
     )
     all_rows: list[dict] = []
     for tree in args.trees:

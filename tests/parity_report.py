@@ -15,8 +15,14 @@ import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
-from conftest import KERAS_MOVEMENT_RTOL, max_abs_diff
-from harness import random_grads, random_params, run_adamx, run_keras
+from harness import (
+    KERAS_MOVEMENT_RTOL,
+    max_abs_diff,
+    random_grads,
+    random_params,
+    run_adamx,
+    run_keras,
+)
 from test_accumulation import CASES as ACCUMULATION
 from test_adam import ALL_CASES, _keras_adam
 from test_ema import CASES as EMA

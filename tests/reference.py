@@ -124,5 +124,6 @@ def _clip(c: Config, g: list[np.ndarray]) -> list[np.ndarray]:
         return [np.clip(x, -c.clipvalue, c.clipvalue) for x in g]
     if c.global_clipnorm is not None:
         norm = np.sqrt(sum(np.sum(x**2) for x in g))
-        return [x * c.global_clipnorm * min(1 / norm, 1 / c.global_clipnorm) for x in g]
+        with np.errstate(divide="ignore"):  # a zero norm: 1/0 = inf, and min picks 1/c
+            return [x * c.global_clipnorm * min(1 / norm, 1 / c.global_clipnorm) for x in g]
     return g

@@ -13,14 +13,17 @@ import numpy as np
 import optax
 import pytest
 import reference
-from conftest import (
+from harness import (
     KERAS_MOVEMENT_RTOL,
     assert_bit_equal,
     assert_close_to_reference,
     check_against_keras,
     max_abs_diff,
+    random_grads,
+    random_params,
+    run_adamx,
+    run_keras,
 )
-from harness import random_grads, random_params, run_adamx, run_keras
 
 import adamx
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import optax
 import pytest
-from conftest import assert_bit_equal
+from harness import assert_bit_equal
 
 import adamx
 

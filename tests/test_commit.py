@@ -10,21 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_bit_equal
-from harness import random_grads, random_params, run_adamx
+from harness import assert_bit_equal, random_grads, random_params, run_adamx
 
 import adamx
-from adamx._commit import honours_commit, update_committed
+from adamx._commit import update_committed
+from adamx.benchmarks import ALL_FEATURES as BENCHMARKED
 
-ALL_FEATURES = {
-    "learning_rate": 0.01,
-    "global_clipnorm": 0.5,
-    "weight_decay": 0.1,
-    "exclude_from_weight_decay": ["bias"],
-    "use_ema": True,
-    "ema_overwrite_frequency": 2,
-    "loss_scale_factor": 8.0,
-}
+# The benchmark's features, with an overwrite due within the few calls these tests make.
+ALL_FEATURES = {**BENCHMARKED, "learning_rate": 0.01, "ema_overwrite_frequency": 2}
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformationExtraArgs]] = {
     "defaults": lambda: adamx.adam(),
     "amsgrad+nesterov": lambda: adamx.adam(0.01, amsgrad=True, nesterov=True),
@@ -50,7 +43,34 @@ def _mid_run(tx: optax.GradientTransformation, calls: int = 5) -> tuple[Any, Any
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_adamx_optimizers_declare_the_contract(name: str) -> None:
-    assert honours_commit(OPTIMIZERS[name]())  # the wrappers keep it around any inner
+    tx = OPTIMIZERS[name]()  # the wrappers keep it around any inner
+    assert isinstance(tx, adamx.Committable)
+    assert isinstance(optax.with_extra_args_support(tx), adamx.Committable)
+
+
+@pytest.mark.parametrize(
+    "commit",
+    [jnp.array([True, False]), jnp.asarray(1), 1, jnp.asarray(1.0), np.array([True])],
+    ids=["bool[2]", "int32", "python int", "float32", "bool[1]"],
+)
+@pytest.mark.parametrize("name", ["defaults", "all features+accumulation", "loss_scale_optimizer"])
+def test_commit_must_be_a_boolean_scalar(name: str, commit: Any) -> None:
+    tx = OPTIMIZERS[name]()
+    params = random_params(3)
+    state = tx.init(params)
+    with pytest.raises(TypeError, match="`commit` must be a boolean scalar"):
+        tx.update(params, state, params, commit=commit)
+    with pytest.raises(TypeError, match="`commit` must be a boolean scalar"):
+        jax.jit(tx.update)(params, state, params, commit=commit)
+
+
+@pytest.mark.parametrize("commit", [True, np.bool_(False), jnp.asarray(True)])
+def test_commit_accepts_python_numpy_and_jax_booleans(commit: Any) -> None:
+    tx = adamx.adam(0.1)
+    params = random_params(3)
+    _, state = tx.update(params, tx.init(params), params, commit=commit)
+    assert adamx.iterations(state).shape == ()
+    assert int(adamx.iterations(state)) == int(bool(commit))
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -78,7 +98,7 @@ def test_committed_call_is_the_plain_call(name: str) -> None:
 
 def test_fallback_selects_for_a_transformation_without_the_contract() -> None:
     inner = optax.with_extra_args_support(optax.adam(0.1))
-    assert not honours_commit(inner)
+    assert not isinstance(inner, adamx.Committable)
     params = jnp.array([1.0, -0.0])
     state = inner.init(params)
     updates, new_state = update_committed(inner, jnp.asarray(False), jnp.ones(2), state, params)

@@ -27,7 +27,7 @@ FACTORIES: dict[str, Callable[[], optax.GradientTransformation]] = {
         0.1, learning_rate=0.01, exclude_from_weight_decay=["b"]
     ),
     "ema_of_params": lambda: adamx.ema_of_params(0.9, 2),
-    "unscale_gradients": lambda: adamx.unscale_gradients(8.0),
+    "static_loss_scale": lambda: adamx.static_loss_scale(adamx.adam(global_clipnorm=1.0), 8.0),
     "accumulate_gradients": lambda: adamx.accumulate_gradients(adamx.adam(), 2),
     "loss_scale_optimizer": lambda: adamx.loss_scale_optimizer(adamx.adam(), 8.0, 2),
     "skip_missing_gradients": lambda: adamx.skip_missing_gradients(adamx.scale_by_keras_adam()),
@@ -137,7 +137,12 @@ INJECTABLE = {
     "clip_by_global_norm": (adamx.clip_by_global_norm, {"global_clipnorm": 0.5}),
     "decoupled_weight_decay": (adamx.decoupled_weight_decay, {"weight_decay": 0.1}),
     "ema_of_params": (adamx.ema_of_params, {"ema_momentum": 0.9, "ema_overwrite_frequency": 2}),
-    "unscale_gradients": (adamx.unscale_gradients, {"loss_scale_factor": 4.0}),
+    "static_loss_scale": (
+        functools.partial(adamx.static_loss_scale, adamx.adam(global_clipnorm=1.0)),
+        {"loss_scale_factor": 4.0},
+    ),
+    "adam/global_clipnorm": (adamx.adam, {"learning_rate": 0.01, "global_clipnorm": 0.5}),
+    "adam/clipnorm": (adamx.adam, {"learning_rate": 0.01, "clipnorm": 0.5, "use_ema": True}),
     "adam": (
         adamx.adam,
         {

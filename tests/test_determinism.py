@@ -10,11 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 import pytest
-from conftest import KERAS_MOVEMENT_RTOL, max_abs_diff
-from harness import random_grads, random_params, run_adamx
+from harness import KERAS_MOVEMENT_RTOL, bits, max_abs_diff, random_grads, random_params, run_adamx
 
 import adamx
 
@@ -32,10 +30,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "skip_nonfinite": True,
     },
 }
-
-
-def bits(tree: Any) -> list[bytes]:
-    return [np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(tree)]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -8,8 +8,14 @@ import numpy as np
 import optax
 import pytest
 import reference
-from conftest import assert_bit_equal, assert_close_to_reference, check_against_keras
-from harness import random_grads, random_params, run_adamx
+from harness import (
+    assert_bit_equal,
+    assert_close_to_reference,
+    check_against_keras,
+    random_grads,
+    random_params,
+    run_adamx,
+)
 
 import adamx
 

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(
     import jax
     jax.config.update("jax_enable_x64", True)
     import keras, numpy as np
-    from conftest import check_against_keras
+    from harness import check_against_keras
     from harness import random_grads, random_params
 
     cases = [

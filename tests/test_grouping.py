@@ -10,8 +10,15 @@ import keras
 import numpy as np
 import optax
 import pytest
-from conftest import assert_bit_equal, assert_close_to_keras, max_abs_diff
-from harness import random_grads, random_params, run_adamx, run_keras
+from harness import (
+    assert_bit_equal,
+    assert_close_to_keras,
+    max_abs_diff,
+    random_grads,
+    random_params,
+    run_adamx,
+    run_keras,
+)
 
 import adamx
 

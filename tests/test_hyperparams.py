@@ -10,8 +10,7 @@ import keras
 import numpy as np
 import optax
 import pytest
-from conftest import assert_close_to_keras
-from harness import random_grads, run_adamx, run_keras
+from harness import assert_close_to_keras, random_grads, run_adamx, run_keras
 
 import adamx
 

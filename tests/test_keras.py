@@ -15,8 +15,15 @@ import jax
 import keras
 import numpy as np
 import pytest
-from conftest import assert_bit_equal, assert_close_to_keras, max_abs_diff
-from harness import random_grads, random_params, run_adamx, short_names
+from harness import (
+    assert_bit_equal,
+    assert_close_to_keras,
+    max_abs_diff,
+    random_grads,
+    random_params,
+    run_adamx,
+    short_names,
+)
 
 import adamx
 from adamx._trees import path_str

@@ -11,8 +11,14 @@ import keras
 import numpy as np
 import optax
 import pytest
-from conftest import assert_bit_equal, assert_close_to_keras, check_against_keras
-from harness import random_grads, random_params, run_keras
+from harness import (
+    assert_bit_equal,
+    assert_close_to_keras,
+    check_against_keras,
+    random_grads,
+    random_params,
+    run_keras,
+)
 
 import adamx
 from adamx._state import find_state
@@ -171,3 +177,12 @@ def test_static_factor_inside_dynamic_scaling_is_an_error() -> None:
 def test_invalid_arguments(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         adamx.loss_scale_optimizer(adamx.adam(), **kwargs)
+
+
+def test_an_inner_static_factor_is_refused_where_keras_drops_it() -> None:
+    """Keras's `LossScaleOptimizer` sets the inner `loss_scale_factor` to None (its own test
+    `test_finite_step_with_inner_loss_scale` relies on it); unscaling twice would be wrong, and
+    dropping it silent, so adamx refuses it at `init` (a deliberate difference, README)."""
+    tx = adamx.loss_scale_optimizer(adamx.adam(loss_scale_factor=4.0))
+    with pytest.raises(ValueError, match="static `loss_scale_factor`"):
+        tx.init({"w": jnp.ones(2)})

@@ -8,8 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import check_against_keras
-from harness import random_grads, random_params
+from harness import check_against_keras, random_grads, random_params
 
 import adamx
 from adamx._state import find_state
@@ -25,6 +24,12 @@ CASES = {
     # `scale` has no gradient on call 4, a real update: Keras leaves its accumulator alone, so
     # the sum of call 3 is carried into the next cycle (no clipping, which would hide it).
     "accumulation": {"learning_rate": 0.01, "gradient_accumulation_steps": 2},
+    # ... and Keras's global norm on that call leaves `scale` out, partial sum and all.
+    "accumulation+global_clipnorm": {
+        "learning_rate": 0.01,
+        "gradient_accumulation_steps": 2,
+        "global_clipnorm": 0.5,
+    },
     "accumulation+ema+overwrite": {
         "learning_rate": 0.01,
         "gradient_accumulation_steps": 2,

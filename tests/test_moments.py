@@ -11,13 +11,16 @@ import numpy as np
 import optax
 import pytest
 import reference
-from conftest import (
+from harness import (
     assert_bit_equal,
     assert_close_to_keras,
     assert_close_to_reference,
     max_abs_diff,
+    random_grads,
+    random_params,
+    run_adamx,
+    run_keras,
 )
-from harness import random_grads, random_params, run_adamx, run_keras
 
 import adamx
 from adamx._state import find_state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import jax
@@ -10,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import check_against_keras
-from harness import random_grads, random_params, run_adamx
+from harness import bits, check_against_keras, random_grads, random_params, run_adamx
 
 import adamx
 from adamx._nonfinite import all_finite
@@ -27,11 +27,6 @@ def poisoned(grads: list[Any], kind: str) -> list[Any]:
         out[call] = jax.tree.map(np.copy, grads[call])
         out[call]["dense"]["kernel"][1, 2] = value
     return out
-
-
-def bits(tree: Any) -> list[bytes]:
-    """Every leaf's bytes: equality here is bit-identity, signed zeros and NaN payloads too."""
-    return [np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(tree)]
 
 
 KERAS_CONFIGS = {
@@ -147,3 +142,19 @@ def test_all_finite_over_mixed_dtypes(leaf: int, bad: float | None, jit: bool) -
     check = jax.jit(all_finite) if jit else all_finite
     assert bool(check(tree)) == expected
     assert bool(check([])) and bool(check([jnp.ones(3), None]))
+
+
+@pytest.mark.parametrize("guard", ["skip_nonfinite", "loss_scale_optimizer"])
+def test_numpy_infinities_raise_no_numpy_warning(guard: str) -> None:
+    """Eager, with NumPy gradients: the check runs in JAX, so NumPy never sees `inf - inf`."""
+    params = {"w": np.ones(3, np.float32)}
+    tx = (
+        adamx.adam(skip_nonfinite=True)
+        if guard == "skip_nonfinite"
+        else adamx.loss_scale_optimizer(adamx.adam())
+    )
+    grads = {"w": np.array([np.inf, -np.inf, np.nan], np.float32)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(np.signbit(updates["w"]), True)

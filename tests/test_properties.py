@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import pytest
 import reference
-from conftest import assert_close_to_reference
+from harness import assert_close_to_reference
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 

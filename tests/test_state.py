@@ -59,3 +59,44 @@ def test_name_scopes_the_update_in_the_lowered_program() -> None:
     state = tx.init(params)
     text = jax.jit(tx.update).lower(params, state, params).as_text(debug_info=True)
     assert "my_optimizer" in text
+
+
+CONFIGS = {
+    "weight decay": {"weight_decay": 0.1},
+    "EMA": {"use_ema": True},
+    "all": {"weight_decay": 0.1, "use_ema": True, "gradient_accumulation_steps": 2},
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_optax_tree_get_finds_one_count_keras_iterations(name: str) -> None:
+    tx = adamx.adam(0.1, **CONFIGS[name])
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    for _ in range(4):
+        _, state = tx.update({"w": jnp.ones(3)}, state, params)
+    assert int(optax.tree.get(state, "count")) == int(adamx.iterations(state)) > 0
+
+
+def test_setting_the_learning_rate_through_a_plain_state_raises() -> None:
+    """Only a rate the update reads may be set: a plain state holds none under that name."""
+    tx = adamx.adam(0.1)
+    state = tx.init({"w": jnp.ones(3)})
+    with pytest.raises(KeyError, match="learning_rate"):
+        optax.tree.set(state, learning_rate=0.0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_injected_learning_rate_is_the_one_tree_get_and_set_see(name: str) -> None:
+    tx = optax.inject_hyperparams(adamx.adam, static_args=("gradient_accumulation_steps",))(
+        learning_rate=0.1, **CONFIGS[name]
+    )
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    assert float(optax.tree.get(state, "learning_rate")) == pytest.approx(0.1)
+    state = optax.tree.set(state, learning_rate=0.0)
+    for _ in range(2):  # a real update also with accumulation
+        updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(params["w"], np.ones(3))  # lr 0, and decay * lr 0
+    assert float(adamx.current_learning_rate(state)) == 0.0

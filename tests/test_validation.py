@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -126,10 +127,10 @@ TABLE: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, list[tuple[
             "steps_per_update": ints(1),
         },
     ),
-    "unscale_gradients": (
-        adamx.unscale_gradients,
-        {"loss_scale_factor": 2.0},
-        {"loss_scale_factor": reals([0.0, -2.0])},
+    "static_loss_scale": (
+        adamx.static_loss_scale,
+        {"inner": INNER, "loss_scale_factor": 2.0},
+        {"inner": NOT_A_TRANSFORMATION, "loss_scale_factor": reals([0.0, -2.0])},
     ),
     "accumulate_gradients": (
         adamx.accumulate_gradients,
@@ -188,6 +189,7 @@ def test_case_count() -> None:
         ({"clipnorm": 1.0, "clipvalue": 1.0}, "Only one of `clipnorm`, `clipvalue`"),
         ({"clipvalue": 1.0, "global_clipnorm": 1.0}, "Only one of"),
         ({"exclude_from_weight_decay": ["bias"]}, "`exclude_from_weight_decay` has no effect"),
+        ({"ema_overwrite_frequency": 3}, "`ema_overwrite_frequency` has no effect"),
     ],
 )
 def test_conflicting_options(kwargs: dict[str, Any], message: str) -> None:
@@ -210,3 +212,75 @@ def test_state_is_not_corrupted_by_a_rejected_update() -> None:
     fresh, _ = tx.update(grads, tx.init(params), params)
     for x, y in zip(np.asarray(after["a"]), np.asarray(fresh["a"]), strict=True):
         assert x == y
+
+
+@pytest.mark.parametrize("exclusion", [123, 1.5, [True, "bias"], {"dense": {"bias": 1}}])
+def test_an_exclusion_of_no_accepted_form_fails_at_construction(exclusion: Any) -> None:
+    with pytest.raises(TypeError, match="`exclude_from_weight_decay` must be None, a regular"):
+        adamx.adam(weight_decay=0.1, exclude_from_weight_decay=exclusion)
+
+
+def test_bfloat16_hyperparameters_are_numbers() -> None:
+    """NumPy's `issubdtype` does not know bfloat16 is floating; adamx must."""
+    tx = adamx.adam(
+        learning_rate=jnp.asarray(0.5, jnp.bfloat16), beta_1=jnp.asarray(0.5, jnp.bfloat16)
+    )
+    params = jnp.array([1.0, 2.0])
+    updates, _ = tx.update(jnp.array([1.0, -1.0]), tx.init(params), params)
+    # First step: m = g/2, v = g**2/1000, alpha = lr*sqrt(1 - 0.999)/(1 - 0.5) = sqrt(0.001),
+    # so the step is -(0.5*g*alpha)/(|g|*sqrt(0.001) + 1e-7) ~ -0.5*sign(g).
+    np.testing.assert_allclose(updates, [-0.5, 0.5], rtol=1e-5)
+
+
+def test_a_beta_rounded_to_one_by_inject_hyperparams_is_explained() -> None:
+    tx = optax.inject_hyperparams(adamx.adam)(learning_rate=0.01)
+    with pytest.raises(ValueError, match=r"hyperparam_dtype=jnp\.float32"):
+        tx.init({"w": jnp.ones(2, jnp.bfloat16)})
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+    "grads",
+    [{"a": jnp.ones(1), "b": jnp.ones(2)}, {"a": jnp.ones((3, 1)), "b": None}],
+    ids=["broadcastable", "with a None leaf"],
+)
+def test_a_gradient_shaped_unlike_its_parameter_is_named(grads: Any, jit: bool) -> None:
+    tx = adamx.adam(use_ema=True)
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    update = jax.jit(tx.update) if jit else tx.update
+    with pytest.raises(
+        ValueError, match=r"gradient at 'a' has shape \((1|3, 1),?\), its parameter \(3,\)"
+    ):
+        update(grads, tx.init(params), params)
+
+
+def test_integer_parameters_in_update_are_refused_with_their_path() -> None:
+    """`optax.apply_updates` would truncate them: [0, 1, 2] + 0.999 steps become [0, 0, 1]."""
+    tx = adamx.adam(0.1)
+    state = tx.init({"w": jnp.zeros(3)})
+    with pytest.raises(TypeError, match="the leaf at 'w' has dtype int32"):
+        tx.update({"w": jnp.ones(3)}, state, {"w": jnp.arange(3)})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"weight_decay": 0.1},
+        {"use_ema": True, "ema_overwrite_frequency": 1},
+        {"gradient_accumulation_steps": 2},
+        {"global_clipnorm": 1.0},
+        {"clipnorm": 1.0},
+        {"loss_scale_factor": 4.0},
+    ],
+    ids=str,
+)
+def test_python_scalar_leaves_are_arrays(kwargs: dict[str, Any]) -> None:
+    """As with `optax.adam`: a `float` parameter and gradient, here beside an array leaf, give
+    what the same values as float32 arrays give."""
+    tx = adamx.adam(0.5, **kwargs)
+    params, grads = {"s": 2.0, "w": jnp.ones(2)}, {"s": 1.0, "w": jnp.ones(2)}
+    as_arrays = {"s": jnp.float32(2.0), "w": jnp.ones(2)}, {"s": jnp.float32(1.0), "w": jnp.ones(2)}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expected, _ = tx.update(as_arrays[1], tx.init(as_arrays[0]), as_arrays[0])
+    np.testing.assert_array_equal(updates["s"], expected["s"])
