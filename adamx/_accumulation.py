@@ -11,7 +11,7 @@ import optax
 from adamx._capabilities import Committable, TakesLossScale
 from adamx._commit import both, check_commit, commit_state, update_committed
 from adamx._loss_scale import is_float32_power_of_two
-from adamx._trees import compute_dtype
+from adamx._trees import compute_dtype, real_dtype
 from adamx._validation import check_int, check_transformation
 
 
@@ -76,10 +76,11 @@ def accumulate_gradients(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> AccumulateGradientsState:
-        dtype = compute_dtype(*(jnp.result_type(x) for x in jax.tree.leaves(params)))
+        dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
+        dtype = compute_dtype(*(real_dtype(d) for d in dtypes))
         return AccumulateGradientsState(
-            mini_step=jnp.zeros([], jnp.int32),
-            acc_grads=optax.tree.zeros_like(params, dtype=dtype),
+            mini_step=jnp.zeros([], jnp.int32),  # complex parameters: complex sums
+            acc_grads=jax.tree.map(lambda p: jnp.zeros_like(p, jnp.result_type(dtype, p)), params),
             carry=jnp.ones([len(jax.tree.leaves(params))], jnp.bool_),
             inner_state=inner.init(params),
         )

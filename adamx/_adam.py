@@ -13,7 +13,12 @@ from adamx._clipping import keras_clipping
 from adamx._commit import commit_chain
 from adamx._ema import ema_of_params
 from adamx._exclusion import Exclusion
-from adamx._hyperparams import LearningRate, at_keras_step, learning_rate_schedule
+from adamx._hyperparams import (
+    LearningRate,
+    at_keras_step,
+    keras_learning_rate,
+    learning_rate_schedule,
+)
 from adamx._loss_scale import static_loss_scale
 from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import scale_by_keras_adam
@@ -134,7 +139,8 @@ def adam(
     check_bool("use_ema", use_ema)
     check_bool("skip_nonfinite", skip_nonfinite)
     _check_name(name)
-    rate = at_keras_step(learning_rate_schedule(learning_rate), gradient_accumulation_steps)
+    schedule = learning_rate_schedule(learning_rate)
+    rate = at_keras_step(schedule, gradient_accumulation_steps)  # read at Keras's raw counter
 
     # Keras's recipe (spec, section 3), one line per feature, the spec's step on the right.
     real_update = [
@@ -172,8 +178,16 @@ def adam(
             "`ema_overwrite_frequency` has no effect without `use_ema=True`; set `use_ema=True` "
             "or drop it. (Keras ignores it silently.)"
         )
+    # Keras's `optimizer.learning_rate` reads a schedule at the raw counter, which micro-steps
+    # advance (without them, or for a constant, it is the Adam state's `next_learning_rate`).
+    accumulates_a_schedule = gradient_accumulation_steps is not None and callable(learning_rate)
+    keras_rate = keras_learning_rate(schedule) if accumulates_a_schedule else None
     # 2. a parameter whose gradient is None gets no update (it still takes part in the EMA)
-    tx = commit_chain(skip_missing_gradients(update), ema if use_ema else None)
+    tx = commit_chain(
+        skip_missing_gradients(update),
+        ema if use_ema else None,
+        keras_rate,
+    )
     if skip_nonfinite:  # beyond Keras: a call with a non-finite gradient changes nothing
         tx = skip_nonfinite_updates(tx)
     return _checked_and_named(name, tx)

@@ -11,7 +11,7 @@ import optax
 from adamx._capabilities import TakesLossScale
 from adamx._grouping import GroupedParams
 from adamx._loss_scale import unscale
-from adamx._trees import as_arrays, compute_dtype
+from adamx._trees import abs_square, as_arrays, compute_dtype
 from adamx._validation import check_real
 
 
@@ -26,7 +26,7 @@ def _sums_of_squares(
     """`sum(u**2)` per gradient, in its dtype, where `u` is the gradient unscaled by
     `loss_scale` if given (see `adamx._loss_scale`)."""
     if loss_scale is None:
-        return [jnp.sum(jnp.square(g.astype(d))) for g, d in zip(grads, dtypes, strict=True)]
+        return [jnp.sum(abs_square(g.astype(d))) for g, d in zip(grads, dtypes, strict=True)]
     # Each reduction unscales with its own copy of the scale. XLA:CPU cannot fuse a product
     # that other kernels also read into a reduction, so one shared `g / S` (or one broadcast
     # of `S` shared by same-shaped gradients) would be written to memory every call.
@@ -34,7 +34,7 @@ def _sums_of_squares(
 
     def sum_of_squares(g: jax.Array, dtype: Any) -> jax.Array:
         own_scale, _ = jax.lax.optimization_barrier((scale, g))
-        return jnp.sum(jnp.square(unscale(g, own_scale).astype(dtype)))
+        return jnp.sum(abs_square(unscale(g, own_scale).astype(dtype)))
 
     return [sum_of_squares(g, d) for g, d in zip(grads, dtypes, strict=True)]
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
+from adamx._commit import check_commit, commit_state
 from adamx._validation import check_real
 
 Schedule: TypeAlias = Callable[[jax.Array], jax.typing.ArrayLike]
@@ -57,3 +60,44 @@ def at_keras_step(schedule: Schedule, accumulation_steps: int | None) -> Schedul
     if accumulation_steps is None:
         return schedule
     return lambda count: schedule((count + 1) * accumulation_steps - 1)
+
+
+class KerasLearningRateState(NamedTuple):
+    calls: jax.Array  # int32[]: calls so far, Keras's raw counter `it`
+    keras_learning_rate: jax.Array  # float32[]: the schedule at `it`: Keras's `learning_rate`
+
+
+def keras_learning_rate(learning_rate: LearningRate) -> optax.GradientTransformationExtraArgs:
+    """Tracks Keras's `optimizer.learning_rate`, the schedule read at the raw call counter.
+
+    With gradient accumulation that counter counts micro-steps too, so Keras's property
+    differs from the rate of the next real update (which `adamx.adam` keeps in
+    `next_learning_rate`) on every micro-step. `adamx.adam` adds this element when it
+    accumulates with a schedule (a constant needs none); `adamx.current_learning_rate` reads
+    it. Passes the updates through; keeps its state where `commit` is False (a step that
+    Keras's loss scaling skips is not counted).
+    """
+    schedule = learning_rate_schedule(learning_rate)
+
+    def rate(calls: jax.Array) -> jax.Array:
+        return jnp.array(schedule(calls), jnp.float32)
+
+    def init_fn(params: optax.Params) -> KerasLearningRateState:
+        del params
+        calls = jnp.zeros([], jnp.int32)
+        return KerasLearningRateState(calls, rate(calls))
+
+    def update_fn(
+        updates: optax.Updates,
+        state: KerasLearningRateState,
+        params: optax.Params | None = None,
+        *,
+        commit: Any = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, KerasLearningRateState]:
+        del params, extra_args
+        calls = optax.safe_increment(state.calls)
+        new_state = KerasLearningRateState(calls, rate(calls))
+        return updates, commit_state(check_commit(commit), new_state, state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

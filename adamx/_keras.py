@@ -16,7 +16,7 @@ from adamx._adam import adam
 from adamx._clipping import check_one_clip
 from adamx._ema import ParamsEmaState
 from adamx._exclusion import Exclusion
-from adamx._hyperparams import at_keras_step, learning_rate_schedule
+from adamx._hyperparams import KerasLearningRateState, at_keras_step, learning_rate_schedule
 from adamx._loss_scale import DynamicLossScaleState, loss_scale_optimizer
 from adamx._moments import ScaleByKerasAdamState
 from adamx._trees import parameter_path, path_str
@@ -116,9 +116,7 @@ def _adam_arguments(config: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
-def _arguments(
-    config: Any,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _arguments(config: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(adam arguments, loss_scale_optimizer arguments or None) for a Keras optimizer config."""
     class_name, body = _class_and_config(config)
     if class_name == "LossScaleOptimizer":
@@ -299,7 +297,8 @@ def from_keras_optimizer(
     calls = int(np.asarray(inner._iterations.value))  # Keras's raw counter `it`
     steps = adam_arguments["gradient_accumulation_steps"]
     updates = calls // (steps or 1)
-    rate = at_keras_step(learning_rate_schedule(adam_arguments.get("learning_rate", 0.001)), steps)
+    keras_rate = learning_rate_schedule(adam_arguments.get("learning_rate", 0.001))
+    rate = at_keras_step(keras_rate, steps)
 
     def count(value: int) -> jax.Array:
         return jnp.asarray(value, jnp.int32)
@@ -321,6 +320,10 @@ def from_keras_optimizer(
             "nu_max": None if node.nu_max is None else slot(inner._velocity_hats, node.nu),
         },
         DecoupledWeightDecayState: lambda node: {"lr_step": count(updates)},
+        KerasLearningRateState: lambda node: {
+            "calls": count(calls),
+            "keras_learning_rate": jnp.array(keras_rate(count(calls)), jnp.float32),
+        },
         ParamsEmaState: lambda node: {
             "calls": count(calls),
             "average": slot(inner._model_variables_moving_average, node.average),

@@ -11,10 +11,12 @@ import optax
 from adamx._commit import check_commit, commit_state
 from adamx._hyperparams import LearningRate, learning_rate_schedule
 from adamx._trees import (
+    abs_square,
     as_arrays,
     check_floating,
     check_same_structure,
     compute_dtype,
+    real_dtype,
     tree_map_multi,
 )
 from adamx._validation import check_bool, check_real
@@ -82,6 +84,11 @@ def scale_by_keras_adam(
         out = (beta_1 * m / (1 - beta_1**(t+1)) + (1 - beta_1) * g / (1 - beta_1**t))
               * lr * sqrt(1 - beta_2**t) / (sqrt(v) + epsilon)
 
+    Complex parameters train as in optax's Adam: `g**2` reads `|g|**2 = (conj(g) * g).real`, so
+    `m` is complex and `v` (and v-hat) real, stored in the real dtype of the parameter's
+    precision (optax stores it complex; the imaginary half would be zero). Keras has no complex
+    variables; real dtypes keep Keras's bits.
+
     The output is the positive step Keras subtracts; negate it (`optax.scale(-1.0)`) to apply
     it with `optax.apply_updates`. `learning_rate` defaults to 1, making this a drop-in for
     `optax.scale_by_adam`; `adamx.adam` passes the real rate because Keras folds it into `alpha`
@@ -129,8 +136,8 @@ def scale_by_keras_adam(
             count=count,
             next_learning_rate=rate(count),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-            nu=optax.tree.zeros_like(params),
-            nu_max=optax.tree.zeros_like(params) if amsgrad else None,
+            nu=_real_zeros_like(params),
+            nu_max=_real_zeros_like(params) if amsgrad else None,
         )
 
     def update_fn(
@@ -146,17 +153,17 @@ def scale_by_keras_adam(
         check_same_structure("updates", updates, "the optimizer state's moments", state.nu)
         step, learning_rate = optax.safe_increment(state.count), schedule(state.count)
         pairs = zip(jax.tree.leaves(state.mu), jax.tree.leaves(state.nu), strict=True)
-        dtypes = {compute_dtype(m.dtype, v.dtype) for m, v in pairs}
+        dtypes = {_real_compute_dtype(m, v) for m, v in pairs}
         scalars = {d: _StepScalars.of(step, learning_rate, beta_1, beta_2, d) for d in dtypes}
         hyper = (beta_1, beta_2, epsilon, amsgrad, nesterov, commit)
 
         def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: jax.Array) -> tuple:
-            return _adam_leaf(hyper, scalars[compute_dtype(m.dtype, v.dtype)], g, m, v, v_max)
+            return _adam_leaf(hyper, scalars[_real_compute_dtype(m, v)], g, m, v, v_max)
 
         nu_max = state.nu_max if amsgrad else state.nu
         out, mu, nu, nu_max = tree_map_multi(one_leaf, 4, updates, state.mu, state.nu, nu_max)
         counters = commit_state(commit, (step, rate(step)), (state.count, state.next_learning_rate))
-        return optax.tree.cast_like(out, state.nu), ScaleByKerasAdamState(
+        return out, ScaleByKerasAdamState(
             count=counters[0],
             next_learning_rate=counters[1],
             mu=optax.tree.cast_like(mu, state.mu),
@@ -186,27 +193,39 @@ class _StepScalars(NamedTuple):
         return cls(lr_root / (1 - b1_power), lr_root, 1 - b1_power, 1 - b1_next_power)
 
 
+def _real_zeros_like(params: Any) -> Any:
+    """The second moment's zeros: real, also for complex parameters (optax keeps them
+    complex; the imaginary half would always be zero)."""
+    return jax.tree.map(lambda p: jnp.zeros_like(p, real_dtype(jnp.result_type(p))), params)
+
+
+def _real_compute_dtype(m: jax.Array, v: jax.Array) -> Any:
+    return compute_dtype(v.dtype, real_dtype(m.dtype))
+
+
 def _adam_leaf(
     hyper: tuple[Any, ...], s: _StepScalars, g: jax.Array, m: jax.Array, v: jax.Array, v_max: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """One leaf's step and new moments, in Keras's order of operations (float32 at least)."""
     beta_1, beta_2, epsilon, amsgrad, nesterov, commit = hyper
-    dtype = compute_dtype(v.dtype, m.dtype)
+    real = _real_compute_dtype(m, v)
+    dtype = jnp.result_type(real, m.dtype)  # complex where the parameters are
+    out_dtype = jnp.result_type(v.dtype, jnp.complex64) if jnp.iscomplexobj(m) else v.dtype
 
     def keep_unless_committed(new: jax.Array, old: jax.Array) -> jax.Array:
         # Selected in the compute dtype, so the step below reads what the state stores
         # (for float32, the very buffer XLA then updates in place).
         return new if commit is None else jnp.where(commit, new, old.astype(new.dtype))
 
-    g, m_old, v_old = g.astype(dtype), m.astype(dtype), v.astype(dtype)
+    g, m_old, v_old = g.astype(dtype), m.astype(dtype), v.astype(real)
     m = keep_unless_committed(m_old + (g - m_old) * (1 - beta_1), m_old)
-    v = keep_unless_committed(v_old + (jnp.square(g) - v_old) * (1 - beta_2), v_old)
+    v = keep_unless_committed(v_old + (abs_square(g) - v_old) * (1 - beta_2), v_old)
     if amsgrad:
-        v_max = keep_unless_committed(jnp.maximum(v_max.astype(dtype), v), v_max)
+        v_max = keep_unless_committed(jnp.maximum(v_max.astype(real), v), v_max)
     root_v = jnp.sqrt(v_max if amsgrad else v)
     if nesterov:
         m_hat = beta_1 * m / s.b1_next_correction + (1 - beta_1) * g / s.b1_correction
         out = (m_hat * s.lr_root) / (root_v + epsilon)
     else:
         out = (m * s.alpha) / (root_v + epsilon)
-    return out, m, v, v_max
+    return out.astype(out_dtype), m, v, v_max

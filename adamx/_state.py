@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 import jax
 import optax
 
+from adamx._hyperparams import KerasLearningRateState
 from adamx._moments import ScaleByKerasAdamState
 
 StateT = TypeVar("StateT")
@@ -38,15 +39,20 @@ def iterations(state: Any) -> jax.Array:
 
 
 def current_learning_rate(state: Any) -> jax.Array:
-    """The learning rate the next update will use (float32, jit-safe).
+    """Keras's `optimizer.learning_rate`: the schedule at the raw call counter (float32,
+    jit-safe).
 
-    Keras's `optimizer.learning_rate`. If the state comes from
-    `optax.inject_hyperparams(adamx.adam)`, the injected value is returned. With gradient
-    accumulation this is the rate of the next *real* update; Keras's property evaluates the
-    schedule at its raw counter instead, which differs from it during micro-steps.
+    Without accumulation that is the rate the next update will use. With accumulation Keras's
+    raw counter counts micro-steps, so on a micro-step this is the schedule at that counter,
+    as Keras reports it; the rate of the next *real* update is the Adam state's
+    `next_learning_rate` (`optax.tree.get(state, "next_learning_rate")`). If the state comes
+    from `optax.inject_hyperparams(adamx.adam)`, the injected value is returned.
     """
     for injected_kind in (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState):
         injected = find_state(state, injected_kind)
         if injected is not None and "learning_rate" in injected.hyperparams:
             return injected.hyperparams["learning_rate"]
+    keras = find_state(state, KerasLearningRateState)
+    if keras is not None:
+        return keras.keras_learning_rate
     return _adam_state(state).next_learning_rate

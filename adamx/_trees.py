@@ -61,10 +61,10 @@ def check_same_shapes(updates: Any, params: Any) -> None:
 
 
 def check_floating(tree: Any, what: str = "parameters") -> None:
-    """adamx takes floating-point parameters and gradients only; an integer or boolean leaf
+    """adamx takes floating-point (or complex) parameters only; an integer or boolean leaf
     gets a clear TypeError (at trace time) rather than a silent conversion."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             raise TypeError(
                 f"adamx takes floating-point {what}; the leaf at '{path_str(path)}' has "
                 f"dtype {jnp.result_type(leaf)}. Cast it to a float dtype or keep it out of the "
@@ -75,6 +75,17 @@ def check_floating(tree: Any, what: str = "parameters") -> None:
 def as_arrays(tree: Any) -> Any:
     """Python and NumPy scalars and arrays as JAX arrays (JAX arrays and tracers unchanged)."""
     return jax.tree.map(jnp.asarray, tree)
+
+
+def real_dtype(dtype: Any) -> Any:
+    """float32 for complex64, float64 for complex128; any other dtype itself."""
+    return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+
+
+def abs_square(x: jax.Array) -> jax.Array:
+    """`|x|**2`: `x**2` for real `x`, as Keras squares; `(conj(x) * x).real` for complex `x`,
+    as optax's `abs_sq`."""
+    return jnp.real(jnp.conj(x) * x) if jnp.iscomplexobj(x) else jnp.square(x)
 
 
 def compute_dtype(*dtypes: Any) -> jnp.dtype:

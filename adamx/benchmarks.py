@@ -211,8 +211,7 @@ def optax_composition() -> tuple[Callable[[Any], Any], Callable[..., tuple[Any, 
         )
 
     tx = optax.chain(
-        optax.clip_by_global_norm(1.0),
-        optax.adamw(1e-3, eps=1e-7, weight_decay=0.004, mask=mask),
+        optax.clip_by_global_norm(1.0), optax.adamw(1e-3, eps=1e-7, weight_decay=0.004, mask=mask)
     )
 
     def init(params: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -73,6 +73,25 @@ def run_adamx(
         for g in grads:
             params, state = step_fn(params, state, g)
     return jax.tree.map(np.asarray, params), state
+
+
+# The configurations the optax and Flax contract tests run over: a learning rate -> optimizer.
+CONTRACT_CONFIGS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "defaults": lambda lr: adamx.adam(lr),
+    "amsgrad": lambda lr: adamx.adam(lr, amsgrad=True),
+    "nesterov": lambda lr: adamx.adam(lr, nesterov=True),
+    "weight decay, excluded bias": lambda lr: adamx.adam(
+        lr, weight_decay=1e-4, exclude_from_weight_decay=["bias"]
+    ),
+    "global clip, EMA overwrite": lambda lr: adamx.adam(
+        lr, global_clipnorm=1.0, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=5
+    ),
+    # adamx by design: a micro-step does not move the parameters (Keras's rule).
+    "accumulation": lambda lr: adamx.adam(lr, gradient_accumulation_steps=2),
+    "loss_scale_optimizer": lambda lr: adamx.loss_scale_optimizer(
+        adamx.adam(lr, global_clipnorm=10.0), initial_scale=2.0**10, dynamic_growth_steps=50
+    ),
+}
 
 
 class KerasRun:

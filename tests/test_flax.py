@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from integrations import HIDDEN, IN, OUT, mse, teacher_data
+from test_optax_contracts import CONFIGS as CONTRACT_CONFIGS
 
 import adamx
 
@@ -160,3 +161,28 @@ def test_linen_train_state_with_a_donated_jitted_step() -> None:
     assert int(state.step) == int(adamx.iterations(state.opt_state)) == 200
     ema_loss = float(mse(model.apply(adamx.ema_params(state.opt_state), x), y))
     assert ema_loss < losses[0] / 10
+
+
+@pytest.mark.parametrize("name", list(CONTRACT_CONFIGS))
+def test_nnx_optimizer_trains_every_configuration(name: str) -> None:
+    """Flax's own optimizer test, for each configuration of the optax contract suite: the
+    loss falls, the step counter is Keras's `iterations`, the model's dtypes stay float32."""
+    x, y = teacher_data()
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, CONTRACT_CONFIGS[name](0.02), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model: Any, optimizer: Any) -> jax.Array:
+        def scaled_loss(model: Any) -> jax.Array:
+            return adamx.scale_loss(nnx_loss(model, x, y), optimizer.opt_state)
+
+        grads = nnx.grad(scaled_loss)(model)
+        optimizer.update(model, grads)
+        return nnx_loss(model, x, y)
+
+    first = float(nnx_loss(model, x, y))
+    losses = [float(step(model, optimizer)) for _ in range(100)]
+    assert losses[-1] < first / 5, (first, losses[-1])
+    calls_per_update = 2 if name == "accumulation" else 1
+    assert int(adamx.iterations(optimizer.opt_state)[...]) == 100 // calls_per_update
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(pure_params(model)))

@@ -13,6 +13,8 @@ import pytest
 from harness import assert_close_to_keras, random_grads, run_adamx, run_keras
 
 import adamx
+from adamx._hyperparams import KerasLearningRateState
+from adamx._state import find_state
 
 schedules = keras.optimizers.schedules
 
@@ -22,14 +24,16 @@ schedules = keras.optimizers.schedules
 COMPILED_VS_EAGER_RTOL = 2.5e-7
 
 
-def _rates_read_back(tx: optax.GradientTransformation, steps: int) -> list[float]:
-    """current_learning_rate before each of `steps` jitted updates."""
+def _rates_read_back(
+    tx: optax.GradientTransformation, steps: int, read: Any = adamx.current_learning_rate
+) -> list[float]:
+    """`read(state)`, current_learning_rate by default, before each of `steps` jitted updates."""
     params = {"w": jnp.ones(3)}
     state = tx.init(params)
     update = jax.jit(tx.update)
     rates = []
     for _ in range(steps):
-        rates.append(float(adamx.current_learning_rate(state)))
+        rates.append(float(read(state)))
         _, state = update({"w": jnp.ones(3)}, state, params)
     return rates
 
@@ -66,7 +70,7 @@ def test_accumulation_reads_the_schedule_at_the_raw_counter() -> None:
     # With N = 3, real update k (1-based) happens on call 3k, where Keras's counter is 3k - 1.
     schedule = optax.exponential_decay(0.1, 1, 0.5)
     tx = adamx.adam(schedule, gradient_accumulation_steps=3)
-    rates = _rates_read_back(tx, 7)
+    rates = _rates_read_back(tx, 7, lambda state: optax.tree.get(state, "next_learning_rate"))
     expected_next_update = (
         [float(schedule(2))] * 3 + [float(schedule(5))] * 3 + [float(schedule(8))]
     )
@@ -205,3 +209,40 @@ def test_rates_and_parameters_follow_keras_step_by_step(name: str, params: Any) 
     np.testing.assert_allclose(our_rates, keras_rates, rtol=COMPILED_VS_EAGER_RTOL, atol=atol)
     theirs = jax.tree.unflatten(jax.tree.structure(params), [np.asarray(v) for v in variables])
     assert_close_to_keras(ours, theirs, params)
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_current_learning_rate_is_kerass_property_during_accumulation(
+    steps: int, params: Any
+) -> None:
+    """Keras's `optimizer.learning_rate` reads the schedule at the raw counter, which
+    micro-steps advance; so does `current_learning_rate`, call by call."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.02, 2, 0.5)
+    optimizer = keras.optimizers.Adam(schedule, gradient_accumulation_steps=steps)
+    variables = [keras.Variable(np.asarray(p)) for p in jax.tree.leaves(params)]
+    tx = adamx.adam(schedule, gradient_accumulation_steps=steps)
+    state, step = tx.init(params), jax.jit(tx.update)
+    keras_rates, our_rates, next_rates = [], [], []
+    for g in random_grads(2, 4 * steps, params):
+        keras_rates.append(float(optimizer.learning_rate))
+        our_rates.append(float(adamx.current_learning_rate(state)))
+        next_rates.append(float(optax.tree.get(state, "next_learning_rate")))
+        optimizer.apply_gradients(zip(jax.tree.leaves(g), variables, strict=True))
+        _, state = step(g, state, params)
+    assert len(set(keras_rates)) == len(keras_rates)  # a new rate on every call
+    np.testing.assert_allclose(our_rates, keras_rates, rtol=COMPILED_VS_EAGER_RTOL)
+    # The next real update (call k*N) reads the schedule at k*N - 1.
+    expected_next = [float(schedule((call // steps + 1) * steps - 1)) for call in range(4 * steps)]
+    np.testing.assert_allclose(next_rates, expected_next, rtol=COMPILED_VS_EAGER_RTOL)
+
+
+def test_current_learning_rate_with_accumulation_and_a_constant_rate(params: Any) -> None:
+    """A constant rate adds no state: Keras's `optimizer.learning_rate` is the constant on every
+    call, and so is `current_learning_rate`."""
+    optimizer = keras.optimizers.Adam(0.03, gradient_accumulation_steps=3)
+    tx = adamx.adam(0.03, gradient_accumulation_steps=3)
+    state, step = tx.init(params), jax.jit(tx.update)
+    assert find_state(state, KerasLearningRateState) is None
+    for g in random_grads(3, 5, params):
+        assert float(adamx.current_learning_rate(state)) == float(optimizer.learning_rate)
+        _, state = step(g, state, params)
