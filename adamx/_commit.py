@@ -1,24 +1,17 @@
 """The `commit` extra argument: how wrappers that may discard a call avoid copying the moments.
 
-A wrapper that can throw a call's result away (skipping a non-finite step, an accumulation
-micro-step) could run the inner update and then select `where(ok, new, old)` on every state
-leaf. XLA then recomputes the new moments inside the parameter kernel from the old ones, so it
-must copy the old moments before updating them in place: a parameter-sized copy per moment,
-every call. Instead the wrapper passes the predicate down as `update(..., commit=ok)`, and
-each transformation selects its own state and computes its output from the selected state,
-which XLA updates in place.
+A wrapper that may throw a call away (a non-finite step, an accumulation micro-step) passes its
+decision down as `update(..., commit=c)`, `c` a boolean scalar (True, or not given, is the plain
+call), rather than selecting `where(c, new, old)` afterwards: XLA would then recompute the new
+moments from the old ones in the parameter kernel, and so copy every moment, every call.
 
-Two levels of the contract, for `update(updates, state, params, commit=c)` with `c` a boolean
-scalar (True, or not given, means the plain call):
-
-- a *transformation* (`scale_by_keras_adam`, `decoupled_weight_decay`, `ema_of_params`) returns
-  the input state, bit for bit, where `c` is False; its updates are then unspecified;
-- a `Committable` optimizer (`adam`, `skip_nonfinite_updates`, `loss_scale_optimizer`,
-  `accumulate_gradients`) also returns updates of -0.0, so `optax.apply_updates` leaves every
-  parameter bit-identical. `commit_chain` makes one from transformations.
-
-Wrappers pass `commit` down to a `Committable` inner optimizer and fall back to selecting
-afterwards around any other (`update_committed`): correct, but XLA copies the inner state.
+- A *transformation* (`scale_by_keras_adam`, `decoupled_weight_decay`, `ema_of_params`) returns
+  its input state bit for bit where `c` is False, and computes its output from the kept state
+  (which XLA updates in place); its updates are then unspecified.
+- A `Committable` optimizer (`adam`, the adamx wrappers, `commit_chain` of transformations) also
+  returns updates of -0.0, so `optax.apply_updates` leaves every parameter bit-identical.
+  `update_committed` runs any optimizer under this contract, selecting afterwards (XLA copies)
+  where it is not `Committable`.
 """
 
 from __future__ import annotations

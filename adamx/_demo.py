@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,19 +86,17 @@ class KerasTwin:
         pure = nnx.to_pure_dict(params)
         for layer in layers:
             layer.set_weights([np.asarray(pure[layer.name][k]) for k in ("kernel", "bias")])
-        schedule = settings["learning_rate"]
 
         class OptaxSchedule(keras.optimizers.schedules.LearningRateSchedule):
             def __call__(self, step: Any) -> Any:
-                return schedule(step)
+                return settings["learning_rate"](step)
 
-        optimizer = keras.optimizers.Adam(**{**settings, "learning_rate": OptaxSchedule()})
-        optimizer.exclude_from_weight_decay(var_names=["bias"])
-        optimizer.build(self.model.trainable_variables)
-        self.optimizer = optimizer
+        self.optimizer = keras.optimizers.Adam(**{**settings, "learning_rate": OptaxSchedule()})
+        self.optimizer.exclude_from_weight_decay(var_names=["bias"])
+        self.optimizer.build(self.model.trainable_variables)
         self.values = [v.value for v in self.model.trainable_variables]
-        self.initial = list(self.values)
-        self.opt_values = [v.value for v in optimizer.variables]
+        self.initial = self.as_tree(self.values)
+        self.opt_values = [v.value for v in self.optimizer.variables]
         self.step = jax.jit(self._step)
 
     def _step(self, values: list[Any], opt_values: list[Any], x: Any, y: Any) -> Any:
@@ -105,12 +104,10 @@ class KerasTwin:
             logits, _ = self.model.stateless_call(values, [], x)
             return cross_entropy(logits, y)
 
-        loss, grads = jax.value_and_grad(loss_fn)(values)
-        values, opt_values = self.optimizer.stateless_apply(opt_values, grads, values)
-        return values, opt_values, loss
+        return self.optimizer.stateless_apply(opt_values, jax.grad(loss_fn)(values), values)
 
     def train_step(self, x: Any, y: Any) -> None:
-        self.values, self.opt_values, _ = self.step(self.values, self.opt_values, x, y)
+        self.values, self.opt_values = self.step(self.values, self.opt_values, x, y)
 
     def as_tree(self, values: list[Any]) -> dict[str, Any]:
         """Keras values as the Flax layout: {"hidden1": {"kernel": ..., "bias": ...}, ...}."""
@@ -119,6 +116,12 @@ class KerasTwin:
             layer, name = variable.path.split("/")[-2:]
             tree.setdefault(layer, {})[name] = np.asarray(value)
         return tree
+
+    def as_state(self, like: nnx.State) -> nnx.State:
+        """Keras's current weights as an `nnx.State` with the structure of `like`."""
+        state = jax.tree.map(lambda x: x, like)
+        nnx.replace_by_pure_dict(state, self.as_tree(self.values))
+        return state
 
     def ema(self) -> dict[str, Any]:
         averages = self.optimizer._model_variables_moving_average
@@ -132,65 +135,49 @@ def largest_deviation(ours: Any, theirs: Any) -> float:
 
 
 def plot(history: dict[str, list[Any]], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_rate) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4), layout="tight")
+    ax_loss, ax_rate = fig.subplots(1, 2)
     steps = np.arange(1, len(history["train_loss"]) + 1)
-    smooth = np.convolve(history["train_loss"], np.ones(20) / 20, mode="valid")
+    window = min(20, len(steps))  # a run shorter than 20 steps averages all of them
+    smooth = np.convolve(history["train_loss"], np.ones(window) / window, mode="valid")
     ax_loss.plot(steps, history["train_loss"], color="0.8", lw=0.5, label="train (batch)")
-    ax_loss.plot(steps[19:], smooth, color="C0", label="train (20-step mean)")
-    ax_loss.plot(history["eval_step"], history["eval_loss"], "o-", color="C1", label="eval")
-    ax_loss.plot(
-        history["eval_step"], history["eval_loss_ema"], "s--", color="C2", label="eval, EMA weights"
-    )
+    ax_loss.plot(steps[window - 1 :], smooth, color="C0", label=f"train ({window}-step mean)")
+    evals = history["eval_step"]
+    ax_loss.plot(evals, history["eval_loss"], "o-", color="C1", label="eval")
+    ax_loss.plot(evals, history["eval_loss_ema"], "s--", color="C2", label="eval, EMA weights")
     if history.get("keras_eval_loss"):
-        keras = history["keras_eval_loss"]
-        ax_loss.plot(history["eval_step"], keras, "x:", color="k", label="eval, Keras Adam")
+        ax_loss.plot(evals, history["keras_eval_loss"], "x:", color="k", label="eval, Keras Adam")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="two spirals")
     ax_loss.legend()
     ax_rate.plot(steps, history["learning_rate"], color="C3")
     ax_rate.set(xlabel="step", ylabel="learning rate", title="adamx.current_learning_rate")
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def final_metrics(
     steps: int, evaluate: Callable[..., Any], params: Any, ema: Any, train: Any, eval_: Any
 ) -> dict[str, Any]:
     """Loss and accuracy of the trained and the EMA parameters, printed and returned."""
-    train_loss, train_accuracy = evaluate(params, *train)
-    eval_loss, eval_accuracy = evaluate(params, *eval_)
-    ema_loss, ema_accuracy = evaluate(ema, *eval_)
-    metrics: dict[str, Any] = {
-        "steps": steps,
-        "train_loss": float(train_loss),
-        "train_accuracy": float(train_accuracy),
-        "eval_loss": float(eval_loss),
-        "eval_accuracy": float(eval_accuracy),
-        "eval_loss_ema": float(ema_loss),
-        "eval_accuracy_ema": float(ema_accuracy),
-    }
-    print(f"train: loss {metrics['train_loss']:.4f}, accuracy {metrics['train_accuracy']:.3f}")
-    print(f"eval:  loss {metrics['eval_loss']:.4f}, accuracy {metrics['eval_accuracy']:.3f}")
-    print(
-        f"eval with EMA weights (adamx.ema_params): loss {metrics['eval_loss_ema']:.4f}, "
-        f"accuracy {metrics['eval_accuracy_ema']:.3f}"
-    )
+    metrics: dict[str, Any] = {"steps": steps}
+    for label, key_template, weights, data in (
+        ("train:", "train_{}", params, train),
+        ("eval: ", "eval_{}", params, eval_),
+        ("eval with EMA weights (adamx.ema_params):", "eval_{}_ema", ema, eval_),
+    ):
+        loss, accuracy = (float(value) for value in evaluate(weights, *data))
+        metrics |= {key_template.format("loss"): loss, key_template.format("accuracy"): accuracy}
+        print(f"{label} loss {loss:.4f}, accuracy {accuracy:.3f}")
     return metrics
 
 
 def compare_with_keras(twin: KerasTwin, params: Any, ema: Any) -> dict[str, float]:
     """The largest deviation of our parameters and EMA from Keras's, against its movement."""
-    theirs, initial = twin.as_tree(twin.values), twin.as_tree(twin.initial)
-    deviation = max(
-        largest_deviation(nnx.to_pure_dict(params), theirs),
-        largest_deviation(nnx.to_pure_dict(ema), twin.ema()),
-    )
-    movement = largest_deviation(theirs, initial)
+    theirs = twin.as_tree(twin.values)
+    ours = nnx.to_pure_dict(params), nnx.to_pure_dict(ema)
+    deviation = largest_deviation(ours, (theirs, twin.ema()))
+    movement = largest_deviation(theirs, twin.initial)
     print(
         f"Keras Adam on the same weights and batches: largest deviation {deviation:.3g} "
         f"(parameters and EMA) for a movement of {movement:.3g}; tolerance "
@@ -203,12 +190,29 @@ def compare_with_keras(twin: KerasTwin, params: Any, ema: Any) -> dict[str, floa
     }
 
 
+def jitted_steps(
+    graphdef: nnx.GraphDef[MLP], tx: optax.GradientTransformation
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The training step and the evaluation (loss, accuracy) of the network `graphdef`, jitted."""
+
+    def loss_and_accuracy(params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = nnx.merge(graphdef, params)(x)
+        return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, axis=-1) == y)
+
+    @jax.jit
+    def train_step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
+        (loss, _), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return train_step, jax.jit(loss_and_accuracy)
+
+
 def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]:
     start = time.perf_counter()
     x_train, y_train = two_spirals(4096, seed)
-    x_eval, y_eval = two_spirals(1024, seed + 1)
-    model = MLP(nnx.Rngs(seed))
-    graphdef, params = nnx.split(model, nnx.Param)
+    eval_data = two_spirals(1024, seed + 1)
+    graphdef, params = nnx.split(MLP(nnx.Rngs(seed)), nnx.Param)
     settings = optimizer_settings(steps)
     tx = adamx.adam(**settings, exclude_from_weight_decay=["bias"])
     opt_state = tx.init(params)
@@ -218,28 +222,9 @@ def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]
         "adamx.adam: warm-up + cosine schedule, global_clipnorm=1.0, use_ema=True, "
         f"weight_decay=1e-4 on {', '.join(adamx.decayed_paths(params, ['bias']))}"
     )
+    train_step, evaluate = jitted_steps(graphdef, tx)
 
-    def from_pure(tree: dict[str, Any]) -> nnx.State:
-        state = jax.tree.map(lambda x: x, params)
-        nnx.replace_by_pure_dict(state, tree)
-        return state
-
-    def loss_fn(params: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
-        return cross_entropy(nnx.merge(graphdef, params)(x), y)
-
-    @jax.jit
-    def train_step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    @jax.jit
-    def evaluate(params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = nnx.merge(graphdef, params)(x)
-        return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, axis=-1) == y)
-
-    keys = ("train_loss", "learning_rate", "eval_step", "eval_loss", "eval_loss_ema")
-    history: dict[str, list[Any]] = {key: [] for key in (*keys, "keras_eval_loss")}
+    history: dict[str, list[Any]] = defaultdict(list)
     eval_every = max(steps // 20, 1)
     rng = np.random.default_rng(seed)
     for step in range(1, steps + 1):
@@ -253,18 +238,16 @@ def run(steps: int, seed: int, out: Path, compare_keras: bool) -> dict[str, Any]
         if step % eval_every == 0 or step == steps:  # 20 evaluations and progress lines
             print(f"step {step}/{steps} loss {float(loss):.4f}", file=sys.stderr)
             history["eval_step"].append(step)
-            history["eval_loss"].append(float(evaluate(params, x_eval, y_eval)[0]))
-            ema = adamx.ema_params(opt_state)
-            history["eval_loss_ema"].append(float(evaluate(ema, x_eval, y_eval)[0]))
+            to_evaluate = {"eval_loss": params, "eval_loss_ema": adamx.ema_params(opt_state)}
             if twin is not None:
-                keras_params = from_pure(twin.as_tree(twin.values))
-                history["keras_eval_loss"].append(float(evaluate(keras_params, x_eval, y_eval)[0]))
+                to_evaluate["keras_eval_loss"] = twin.as_state(params)
+            for key, weights in to_evaluate.items():
+                history[key].append(float(evaluate(weights, *eval_data)[0]))
 
-    metrics = final_metrics(
-        steps, evaluate, params, adamx.ema_params(opt_state), (x_train, y_train), (x_eval, y_eval)
-    )
+    ema = adamx.ema_params(opt_state)
+    metrics = final_metrics(steps, evaluate, params, ema, (x_train, y_train), eval_data)
     if twin is not None:
-        metrics |= compare_with_keras(twin, params, adamx.ema_params(opt_state))
+        metrics |= compare_with_keras(twin, params, ema)
     out.mkdir(parents=True, exist_ok=True)
     plot(history, out / "loss_curve.png")
     metrics["seconds"] = time.perf_counter() - start

@@ -64,38 +64,24 @@ def _check_keys(class_name: str, config: dict[str, Any], known: frozenset[str]) 
         )
 
 
-def _learning_rate(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        if value.get("class_name") == "__lambda__" or "module" not in value:
+def _adam_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Keras's Adam config as `adamx.adam` arguments (in place), with Keras's meaning of each."""
+    _check_keys("Adam", arguments, _ADAM_KEYS)
+    rate = arguments.get("learning_rate")
+    if isinstance(rate, Mapping):  # a schedule's config
+        if rate.get("class_name") == "__lambda__" or "module" not in rate:
             raise ValueError(
                 "The config's `learning_rate` is a serialized callable, which cannot be rebuilt "
                 "safely; build the optimizer with `adamx.adam(learning_rate=...)` instead."
             )
         keras = _keras()
         try:
-            return keras.optimizers.schedules.deserialize(dict(value))
+            arguments["learning_rate"] = keras.optimizers.schedules.deserialize(dict(rate))
         except Exception as error:
             raise ValueError(
-                f"Could not rebuild the learning-rate schedule {value.get('class_name')!r} from "
+                f"Could not rebuild the learning-rate schedule {rate.get('class_name')!r} from "
                 f"its config ({error}). Register a custom schedule with Keras first."
             ) from error
-    return value
-
-
-def _accumulation_steps(value: Any) -> int | None:
-    if not value:  # Keras: 0 and None both mean no accumulation
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value  # adam() rejects anything else with the accepted range
-
-
-def _adam_arguments(config: dict[str, Any]) -> dict[str, Any]:
-    """Keras's Adam config as `adamx.adam` arguments, with Keras's meaning of each value."""
-    _check_keys("Adam", config, _ADAM_KEYS)
-    arguments = dict(config)
-    if "learning_rate" in arguments:
-        arguments["learning_rate"] = _learning_rate(arguments["learning_rate"])
     check_one_clip(*(arguments.get(key) for key in _CLIP_KEYS))
     for key in _CLIP_KEYS:  # Keras skips clipping for thresholds <= 0
         value = arguments.get(key)
@@ -105,39 +91,35 @@ def _adam_arguments(config: dict[str, Any]) -> dict[str, Any]:
         arguments.pop("ema_momentum", None)
         arguments.pop("ema_overwrite_frequency", None)
         arguments["use_ema"] = False
-    elif arguments.get("ema_overwrite_frequency") is not None:
-        frequency = arguments["ema_overwrite_frequency"]
+    elif (frequency := arguments.get("ema_overwrite_frequency")) is True or frequency == 0:
         # Keras on JAX: `(k + 1) % 0 == 0` overwrites on every call, as 1 does; True is 1.
-        if frequency is True or frequency == 0:
-            arguments["ema_overwrite_frequency"] = 1
-    arguments["gradient_accumulation_steps"] = _accumulation_steps(
-        arguments.get("gradient_accumulation_steps")
-    )
+        arguments["ema_overwrite_frequency"] = 1
+    steps = arguments.get("gradient_accumulation_steps")
+    if isinstance(steps, float) and steps.is_integer():
+        steps = int(steps)
+    # Keras: 0 and None both mean no accumulation; adam() rejects other values out of range.
+    arguments["gradient_accumulation_steps"] = steps or None
     return arguments
 
 
 def _arguments(config: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(adam arguments, loss_scale_optimizer arguments or None) for a Keras optimizer config."""
     class_name, body = _class_and_config(config)
-    if class_name == "LossScaleOptimizer":
-        _check_keys("LossScaleOptimizer", body, _LOSS_SCALE_KEYS)
-        if "inner_optimizer" not in body:
-            raise ValueError("The LossScaleOptimizer config has no `inner_optimizer`.")
-        inner_class, inner_body = _class_and_config(body["inner_optimizer"])
-        if inner_class not in _ADAM_CLASSES:
+    if class_name != "LossScaleOptimizer":
+        if class_name not in _ADAM_CLASSES:
             raise ValueError(
-                f"adamx moves Keras's Adam; this LossScaleOptimizer wraps {inner_class!r}."
+                f"adamx moves Keras's Adam (and a LossScaleOptimizer wrapping it); this config "
+                f"is for {class_name!r}."
             )
-        scaling: dict[str, Any] = {
-            k: body[k] for k in ("initial_scale", "dynamic_growth_steps") if k in body
-        }
-        return _adam_arguments(inner_body), scaling
-    if class_name not in _ADAM_CLASSES:
-        raise ValueError(
-            f"adamx moves Keras's Adam (and a LossScaleOptimizer wrapping it); this config is "
-            f"for {class_name!r}."
-        )
-    return _adam_arguments(body), None
+        return _adam_arguments(body), None
+    _check_keys(class_name, body, _LOSS_SCALE_KEYS)
+    if "inner_optimizer" not in body:
+        raise ValueError("The LossScaleOptimizer config has no `inner_optimizer`.")
+    wrapped, inner_body = _class_and_config(body["inner_optimizer"])
+    if wrapped not in _ADAM_CLASSES:
+        raise ValueError(f"adamx moves Keras's Adam; this LossScaleOptimizer wraps {wrapped!r}.")
+    scaling = {k: v for k, v in body.items() if k in ("initial_scale", "dynamic_growth_steps")}
+    return _adam_arguments(inner_body), scaling
 
 
 def _build(
@@ -171,8 +153,7 @@ def from_keras_config(
       ...
       ValueError: adamx moves Keras's Adam (and a LossScaleOptimizer wrapping it); this config is for 'SGD'.
     """  # noqa: E501
-    adam_arguments, scaling = _arguments(config)
-    return _build(adam_arguments, scaling, exclude_from_weight_decay)
+    return _build(*_arguments(config), exclude_from_weight_decay)
 
 
 def keras_params(variables: Sequence[Any]) -> dict[str, Any]:
@@ -194,25 +175,21 @@ def keras_params(variables: Sequence[Any]) -> dict[str, Any]:
 
 def _match(params: Any, variables: Sequence[Any]) -> list[int]:
     """For each parameter leaf, the index of its Keras variable, matched by path."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     keras_paths = [str(variable.path) for variable in variables]
     matches: list[int] = []
     problems: list[str] = []
-    for path, leaf in leaves:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         ours = path_str(parameter_path(path))
-        exact = [j for j, theirs in enumerate(keras_paths) if theirs == ours]
-        suffix = [
+        near = [  # equal paths, or one a '/'-suffix of the other
             j
             for j, theirs in enumerate(keras_paths)
-            if theirs.endswith("/" + ours) or ours.endswith("/" + theirs)
+            if f"/{theirs}".endswith(f"/{ours}") or f"/{ours}".endswith(f"/{theirs}")
         ]
-        found = exact or suffix
+        found = [j for j in near if keras_paths[j] == ours] or near  # equal paths first
         if len(found) != 1:
             where = [keras_paths[j] for j in found]
-            problems.append(
-                f"parameter '{ours}' matches "
-                + (f"several Keras variables {where}" if where else "no Keras variable")
-            )
+            what = f"several Keras variables {where}" if where else "no Keras variable"
+            problems.append(f"parameter '{ours}' matches {what}")
             continue
         variable = variables[found[0]]
         if tuple(np.shape(leaf)) != tuple(variable.shape):
@@ -221,7 +198,7 @@ def _match(params: Any, variables: Sequence[Any]) -> list[int]:
                 f"'{keras_paths[found[0]]}' has shape {tuple(variable.shape)}"
             )
         matches.append(found[0])
-    unmatched = [keras_paths[j] for j in range(len(variables)) if j not in matches]
+    unmatched = [theirs for j, theirs in enumerate(keras_paths) if j not in matches]
     if unmatched:
         problems.append(f"Keras variables with no parameter: {unmatched}")
     twice = sorted({keras_paths[j] for j in matches if matches.count(j) > 1})
@@ -235,6 +212,15 @@ def _match(params: Any, variables: Sequence[Any]) -> list[int]:
             + f"\nKeras variables: {keras_paths}"
         )
     return matches
+
+
+def _replace_fields(state: Any, kind: type[Any], fields: Callable[[Any], dict[str, Any]]) -> Any:
+    """`state` with `fields(node)` set on each sub-state `node` of type `kind`, the rest left be."""
+
+    def replace(node: Any) -> Any:
+        return node._replace(**fields(node)) if isinstance(node, kind) else node
+
+    return jax.tree.map(replace, state, is_leaf=lambda node: isinstance(node, kind))
 
 
 def _check_optimizer(optimizer: Any) -> tuple[Any, Any]:
@@ -275,23 +261,19 @@ def from_keras_optimizer(
     Keras's next call would.
     """
     inner, scaler = _check_optimizer(optimizer)
-    keras = _keras()
     variables = list(inner._trainable_variables)
-    order = _match(params, variables)
-    treedef = jax.tree.structure(params)
+    indices = jax.tree.unflatten(jax.tree.structure(params), _match(params, variables))
 
-    def slot(values: Sequence[Any], like: Any) -> Any:
-        leaves = [
-            jnp.asarray(np.asarray(values[j].value), dtype=leaf.dtype)
-            for j, leaf in zip(order, jax.tree.leaves(like), strict=True)
-        ]
-        return jax.tree.unflatten(treedef, leaves)
+    def slot(values: Sequence[Any], like: Any) -> Any:  # Keras's per-variable values, as `like`
+        return jax.tree.map(
+            lambda j, leaf: jnp.asarray(np.asarray(values[j].value), leaf.dtype), indices, like
+        )
 
     exclusion = None
     if inner.weight_decay is not None:
-        excluded = [not inner._use_weight_decay(variables[j]) for j in order]
-        exclusion = jax.tree.unflatten(treedef, excluded) if any(excluded) else None
-    adam_arguments, scaling = _arguments(keras.optimizers.serialize(optimizer))
+        excluded = jax.tree.map(lambda j: not inner._use_weight_decay(variables[j]), indices)
+        exclusion = excluded if any(jax.tree.leaves(excluded)) else None
+    adam_arguments, scaling = _arguments(_keras().optimizers.serialize(optimizer))
     tx = _build(adam_arguments, scaling, exclusion)
 
     calls = int(np.asarray(inner._iterations.value))  # Keras's raw counter `it`
@@ -331,12 +313,5 @@ def from_keras_optimizer(
     }
     state = tx.init(params)
     for kind, fields in own_fields.items():  # a wrapper's own fields leave its inner state be
-
-        def move(node: Any, kind: Any = kind, fields: Callable[..., Any] = fields) -> Any:
-            return node._replace(**fields(node)) if isinstance(node, kind) else node
-
-        def is_kind(node: Any, kind: Any = kind) -> bool:
-            return isinstance(node, kind)
-
-        state = jax.tree.map(move, state, is_leaf=is_kind)
+        state = _replace_fields(state, kind, fields)
     return tx, state

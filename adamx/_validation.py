@@ -16,15 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _is_tracer(value: Any) -> bool:
-    return isinstance(value, jax.core.Tracer)
-
-
 def _as_real(name: str, value: Any, accepted: str) -> float | None:
     """Returns `value` as a Python float, or None for a tracer; raises TypeError otherwise."""
     if isinstance(value, bool | np.bool_):
         raise TypeError(f"`{name}` must be {accepted}, not a boolean. Received: {name}={value!r}")
-    if _is_tracer(value):
+    if isinstance(value, jax.core.Tracer):
         return None
     if isinstance(value, numbers.Real):
         return float(value)

@@ -1,29 +1,24 @@
 """`python -m adamx.benchmarks`: one training-step update, adamx against optax, Keras and torch.
 
-For each parameter tree and each optimizer it compiles `step(params, state, grads) ->
-(params, state)` with `jax.jit(..., donate_argnums=(0, 1))` and reports:
+For each tree and optimizer it compiles `step(params, state, grads) -> (params, state)` with
+`jax.jit(..., donate_argnums=(0, 1))` on JAX's default device (CPU, GPU or TPU), and reports:
 
-- median time per call and its spread (interquartile range) over repeats, with the candidates
-  run in interleaved order (the order reverses every repeat), and the ratio to `optax.adam`;
-- achieved bandwidth: Adam's minimal traffic (read p, g, m, v; write p, m, v: 28 bytes per
-  float32 parameter) over the time, and its ratio to a floor measured in the same run
-  (NumPy's in-place `y += x` over 256 MB);
-- compile time from cold caches (the median of three when a compile takes well under a
-  second), state bytes per parameter, and two figures free of timing noise: XLA's own
-  `cost_analysis()` bytes accessed per parameter (in float32 passes) and the number of kernels
-  (fusions and other non-trivial instructions) in the compiled step.
+- median time per call, its spread (interquartile range) over repeats run interleaved (the order
+  reverses every repeat), and the ratio to `optax.adam`;
+- achieved bandwidth: Adam's minimal traffic (read p, g, m, v; write p, m, v: 28 bytes per float32
+  parameter) over the time, and its ratio to NumPy's in-place `y += x` timed in the same run;
+- compile time from cold caches (the median of three when well under a second), state bytes per
+  parameter, and two figures free of timing noise: XLA's `cost_analysis()` bytes accessed per
+  parameter (in float32 passes) and the kernel count (fusions and other non-trivial instructions).
 
-Runs on whatever JAX's default device is (CPU, GPU or TPU). `--quick` uses smaller trees and
-fewer repeats; `--only REGEX` runs the matching optimizers (and the `optax.adam` baseline);
-`--json PATH` writes every figure. torch (`fused=True` and `foreach=True`) joins when it is
-installed. "all features" is global clipping, weight decay with exclusions, EMA with overwrite
-and a static loss scale; "all + accum. 4" adds gradient accumulation over 4 calls (times are
-per call: the whole update runs on every call, and micro-steps keep its state); "loss scaling"
-is `adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0))`, the mixed-precision recipe,
-which checks the gradients, may skip the call, and clips the unscaled gradients.
-"adamx grouped" is `adamx.adam()` on `adamx.group_leaves` parameters and gradients (one flat
-buffer per dtype); "grouped, leaf grads" receives per-leaf gradients and groups them inside the
-step, the cost of a model whose gradients are not computed through `ungroup()`.
+"all features" is global clipping, weight decay with exclusions, EMA with overwrite and a static
+loss scale; "all + accum. 4" adds gradient accumulation over 4 calls (times are per call: every call
+runs the whole update, and micro-steps keep its state). "loss scaling" is the mixed-precision recipe
+`adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0))`, which checks the gradients, may skip
+the call, and clips the unscaled gradients. "adamx grouped" runs on `adamx.group_leaves` parameters
+and gradients (one flat buffer per dtype); "grouped, leaf grads" groups per-leaf gradients inside
+the step, the cost of a model whose gradients are not computed through `ungroup()`. torch
+(`fused=True`, `foreach=True`) joins when installed.
 """
 
 from __future__ import annotations
@@ -58,6 +53,7 @@ ALL_FEATURES: dict[str, Any] = {
     "loss_scale_factor": 1024.0,
 }
 WITH_ACCUMULATION = {**ALL_FEATURES, "gradient_accumulation_steps": 4}
+Step = Callable[[Any, Any, Any], tuple[Any, Any]]  # (params, state, grads) -> (params, state)
 
 
 # --- parameter trees -------------------------------------------------------------------------
@@ -68,23 +64,22 @@ def one_tensor(scale: float) -> dict[str, Any]:
 
 
 def transformer(scale: float) -> dict[str, Any]:
-    """12 layers (attention, MLP, two layer norms, biases) and an embedding: 150 tensors."""
+    """12 layers (attention, MLP, two layer norms, biases) and an embedding: 147 tensors."""
     d = int(384 * scale**0.5) // 8 * 8
+
+    def dense(fan_in: int, fan_out: int) -> dict[str, Any]:
+        return {"kernel": (fan_in, fan_out), "bias": (fan_out,)}
+
+    norm = {"scale": (d,), "bias": (d,)}
     layer = {
-        "attention": {
-            "qkv": {"kernel": (d, 3 * d), "bias": (3 * d,)},
-            "out": {"kernel": (d, d), "bias": (d,)},
-        },
-        "mlp": {
-            "up": {"kernel": (d, 4 * d), "bias": (4 * d,)},
-            "down": {"kernel": (4 * d, d), "bias": (d,)},
-        },
-        "norm1": {"scale": (d,), "bias": (d,)},
-        "norm2": {"scale": (d,), "bias": (d,)},
+        "attention": {"qkv": dense(d, 3 * d), "out": dense(d, d)},
+        "mlp": {"up": dense(d, 4 * d), "down": dense(4 * d, d)},
+        "norm1": norm,
+        "norm2": norm,
     }
     tree: dict[str, Any] = {f"layer_{i:02d}": layer for i in range(12)}
     tree["embedding"] = {"kernel": (int(10_000 * scale), d)}
-    tree["final_norm"] = {"scale": (d,), "bias": (d,)}
+    tree["final_norm"] = norm
     return tree
 
 
@@ -100,16 +95,13 @@ TREES: dict[str, Callable[[float], dict[str, Any]]] = {
 
 
 def materialize(shapes: Any, seed: int) -> Any:
-    key = jax.random.key(seed)
     leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(
-        treedef,
-        [
-            jax.random.normal(k, shape, jnp.float32) * 0.02
-            for k, shape in zip(keys, leaves, strict=True)
-        ],
-    )
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    arrays = [
+        jax.random.normal(k, shape, jnp.float32) * 0.02
+        for k, shape in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, arrays)
 
 
 # --- candidates ------------------------------------------------------------------------------
@@ -150,12 +142,9 @@ def bytes_accessed(compiled: Any) -> float:
     return float(analysis.get("bytes accessed", float("nan")))
 
 
-def timed_compile(
-    step: Callable[..., Any], params: Any, state: Any, grads: Any
-) -> tuple[Any, float]:
-    """Traces, lowers and compiles `step` from cold caches. Compiles of a second or less vary by
-    tens of percent between runs, so those are repeated (up to three within 2 s in all) and the
-    median is reported."""
+def timed_compile(step: Step, params: Any, state: Any, grads: Any) -> tuple[Any, float]:
+    """Traces, lowers and compiles `step` from cold caches: the median of up to three compiles
+    within 2 s in all, as those of a second or less vary by tens of percent between runs."""
     seconds: list[float] = []
     while len(seconds) < 3 and sum(seconds) < 2.0:
         jax.clear_caches()
@@ -166,12 +155,7 @@ def timed_compile(
 
 
 def jax_candidate(
-    name: str,
-    init: Callable[[Any], Any],
-    step: Callable[[Any, Any, Any], tuple[Any, Any]],
-    params: Any,
-    grads: Any,
-    size: int,
+    name: str, init: Callable[[Any], Any], step: Step, params: Any, grads: Any, size: int
 ) -> Candidate:
     params = jax.tree.map(jnp.copy, params)
     state = init(params)
@@ -183,17 +167,12 @@ def jax_candidate(
         box["params"], box["state"] = compiled(box["params"], box["state"], grads)
         jax.block_until_ready(box["params"])
 
-    return Candidate(
-        name,
-        run,
-        compile_seconds=compile_seconds,
-        passes=bytes_accessed(compiled) / size / BYTES_PER_PASS,
-        kernels=count_kernels(compiled),
-        state_bytes_per_param=state_bytes / size,
-    )
+    passes = bytes_accessed(compiled) / size / BYTES_PER_PASS
+    kernels = count_kernels(compiled)
+    return Candidate(name, run, compile_seconds, passes, kernels, state_bytes / size)
 
 
-def optax_step(tx: optax.GradientTransformation) -> Callable[..., tuple[Any, Any]]:
+def optax_step(tx: optax.GradientTransformation) -> Step:
     def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
@@ -201,7 +180,7 @@ def optax_step(tx: optax.GradientTransformation) -> Callable[..., tuple[Any, Any
     return step
 
 
-def optax_composition() -> tuple[Callable[[Any], Any], Callable[..., tuple[Any, Any]]]:
+def optax_composition() -> tuple[Callable[[Any], Any], Step]:
     """What an optax user writes for the same features: global clipping, AdamW with a mask,
     and a hand-rolled EMA of the parameters."""
 
@@ -225,15 +204,6 @@ def optax_composition() -> tuple[Callable[[Any], Any], Callable[..., tuple[Any, 
         return params, (opt_state, ema)
 
     return init, step
-
-
-def grouped_step(tx: optax.GradientTransformation, group_grads: bool) -> Callable[..., Any]:
-    """A step on `adamx.group_leaves` parameters; with `group_grads`, the gradients arrive per
-    leaf and are grouped inside the step (one concatenation per buffer)."""
-    step = optax_step(tx)
-    if not group_grads:
-        return step
-    return lambda grouped, state, grads: step(grouped, state, adamx.group_leaves(grads))
 
 
 def keras_candidate(
@@ -263,7 +233,9 @@ def keras_candidate(
         new_values, new_opt_values = optimizer.stateless_apply(opt_values, grads, values)
         return list(new_values), list(new_opt_values)
 
-    return jax_candidate(name, init, step, [v.value for v in variables], leaves, size)
+    return jax_candidate(
+        name, init, step, [v.value for v in variables], jax.tree.leaves(grads), size
+    )
 
 
 def torch_candidate(mode: str, params: Any) -> Candidate | None:
@@ -274,8 +246,7 @@ def torch_candidate(mode: str, params: Any) -> Candidate | None:
     weights = [torch.nn.Parameter(torch.from_numpy(np.array(x))) for x in jax.tree.leaves(params)]
     for w in weights:
         w.grad = torch.full_like(w, 0.01)
-    flags: dict[str, Any] = {mode: True}
-    optimizer = torch.optim.Adam(weights, lr=1e-3, eps=1e-7, **flags)
+    optimizer = torch.optim.Adam(weights, lr=1e-3, eps=1e-7, **{mode: True})
     optimizer.step()  # allocates the state
     return Candidate(f"torch.optim.Adam({mode}=True)", optimizer.step, state_bytes_per_param=8.0)
 
@@ -290,11 +261,16 @@ def candidates_for(
         return lambda name: jax_candidate(name, tx.init, optax_step(tx), params, grads, size)
 
     def grouped(group_grads: bool) -> Callable[[str], Candidate]:
+        tx = adamx.adam()
+
+        def step(grouped_params: Any, state: Any, step_grads: Any) -> tuple[Any, Any]:
+            if group_grads:  # per-leaf gradients, one concatenation per buffer inside the step
+                step_grads = adamx.group_leaves(step_grads)
+            return optax_step(tx)(grouped_params, state, step_grads)
+
         def build(name: str) -> Candidate:
-            tx, grouped_params = adamx.adam(), adamx.group_leaves(params)
             step_grads = grads if group_grads else adamx.group_leaves(grads)
-            step = grouped_step(tx, group_grads)
-            return jax_candidate(name, tx.init, step, grouped_params, step_grads, size)
+            return jax_candidate(name, tx.init, step, adamx.group_leaves(params), step_grads, size)
 
         return build
 
@@ -323,12 +299,8 @@ def candidates_for(
         "torch.optim.Adam(fused=True)": torch("fused"),
         "torch.optim.Adam(foreach=True)": torch("foreach"),
     }
-    chosen = [
-        (name, build)
-        for name, build in builders.items()
-        if name == "optax.adam" or only is None or re.search(only, name)
-    ]
-    candidates = (build(name) for name, build in chosen)
+    chosen = [name for name in builders if name == "optax.adam" or re.search(only or "", name)]
+    candidates = [builders[name](name) for name in chosen]
     return [c for c in candidates if c is not None]
 
 
@@ -373,21 +345,20 @@ def rows_for(tree: str, candidates: list[Candidate], size: int, floor: float) ->
     for c in candidates:
         median = statistics.median(c.times)
         gbps = ADAM_MINIMUM_PASSES * BYTES_PER_PASS * size / median / 1e9
-        rows.append(
-            {
-                "tree": tree,
-                "optimizer": c.name,
-                "median_ms": median * 1e3,
-                "spread_ms": spread(c.times) * 1e3,
-                "vs_optax_adam": median / baseline,
-                "gb_per_s": gbps,
-                "vs_bandwidth_floor": gbps / floor,
-                "compile_s": c.compile_seconds,
-                "state_bytes_per_param": c.state_bytes_per_param,
-                "xla_passes_per_param": c.passes,
-                "kernels": c.kernels,
-            }
-        )
+        row = {
+            "tree": tree,
+            "optimizer": c.name,
+            "median_ms": median * 1e3,
+            "spread_ms": spread(c.times) * 1e3,
+            "vs_optax_adam": median / baseline,
+            "gb_per_s": gbps,
+            "vs_bandwidth_floor": gbps / floor,
+            "compile_s": c.compile_seconds,
+            "state_bytes_per_param": c.state_bytes_per_param,
+            "xla_passes_per_param": c.passes,
+            "kernels": c.kernels,
+        }
+        rows.append(row)
     return rows
 
 
@@ -420,19 +391,6 @@ def print_table(rows: list[dict], tree: str, size: int, tensors: int) -> None:
         print(f"  {r['optimizer']:28s}{cells}")
 
 
-def machine_facts(floor: float) -> dict[str, Any]:
-    device = jax.devices()[0]
-    return {
-        "device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "optax": optax.__version__,
-        "adamx": adamx.__version__,
-        "bandwidth_floor_gb_per_s": floor,
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m adamx.benchmarks",
@@ -440,13 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small trees, few repeats (<1 min)")
-    parser.add_argument("--json", type=str, default=None, help="write every figure to this file")
+    parser.add_argument("--json", help="write every figure to this file")
     parser.add_argument("--trees", nargs="+", choices=list(TREES), default=list(TREES))
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate")
     parser.add_argument("--no-torch", action="store_true", help="leave torch out")
-    parser.add_argument(
-        "--only", type=str, default=None, help="a regex: run only the optimizers it matches"
-    )
+    parser.add_argument("--only", help="a regex: run the optimizers it matches (and optax.adam)")
     parser.add_argument("--scale", type=float, default=None, help="tree size factor (1 = full)")
     args = parser.parse_args(argv)
     scale, repeats, calls = (0.0625, 5, 3) if args.quick else (1.0, 11, 4)
@@ -459,20 +415,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except re.error as error:
         parser.error(f"--only is not a regular expression: {error}")
     floor = bandwidth_floor(64 if args.quick else 256)
-    machine = machine_facts(floor)
-    print(
-        " | ".join(f"{k}: {show(v, 1) if isinstance(v, float) else v}" for k, v in machine.items())
-    )
+    device = jax.devices()[0]
+    machine = {
+        "device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "adamx": adamx.__version__,
+        "bandwidth_floor_gb_per_s": floor,
+    }
+    facts = (f"{k}: {show(v, 1) if isinstance(v, float) else v}" for k, v in machine.items())
+    print(" | ".join(facts))
     all_rows: list[dict] = []
     for tree in args.trees:
         shapes = TREES[tree](scale)
-        params = materialize(shapes, 0)
-        grads = materialize(shapes, 1)
+        params, grads = materialize(shapes, 0), materialize(shapes, 1)
         leaves = jax.tree.leaves(params)
         size = sum(x.size for x in leaves)
-        candidates = candidates_for(
-            params, grads, size, with_torch=not args.no_torch, only=args.only
-        )
+        candidates = candidates_for(params, grads, size, not args.no_torch, only=args.only)
         measure(candidates, repeats, calls)
         rows = rows_for(tree, candidates, size, floor)
         print_table(rows, tree, size, len(leaves))

@@ -160,6 +160,31 @@ def check_sharded_step(layout: str, axis_type: str) -> None:
             assert deviation <= 1e-6, (label, deviation)  # the global norm's summation order
 
 
+def check_contract_configs() -> None:
+    """Each configuration of the optax contract tests on FSDP-sharded parameters: the state is
+    placed like its parameters and the steps give the single-device numbers (optax's sharding
+    test checks the same of its optimizers)."""
+    from harness import CONTRACT_CONFIGS
+
+    _, _, specs = LAYOUTS["fsdp"]
+    mesh = make_mesh("fsdp", "auto")
+    grads = [random_tree(20 + i, scale=0.3) for i in range(4)]
+    for name, make_tx in CONTRACT_CONFIGS.items():
+        tx = make_tx(0.01)
+        single_params, single_state = run_steps(tx, random_tree(0), tx.init(random_tree(0)), grads)
+        params = place(random_tree(0), mesh, specs)
+        state = jax.jit(tx.init, out_shardings=adamx.state_shardings(tx, params))(params)
+        sharded_grads = [place(g, mesh, specs) for g in grads]
+        new_params, new_state = run_steps(tx, params, state, sharded_grads)
+        for new, old in zip(jax.tree.leaves(new_params), jax.tree.leaves(params), strict=True):
+            assert new.sharding.is_equivalent_to(old.sharding, new.ndim), name
+        print_and_check_placement(f"contract configuration {name!r}", new_state, new_params)
+        deviation = max(
+            max_deviation(new_params, single_params), max_deviation(new_state, single_state)
+        )
+        assert deviation <= 1e-6, (name, deviation)  # global norms: the summation order
+
+
 def check_global_norm(layout: str) -> None:
     """Clipping sharded gradients uses the norm over all shards: the result has norm exactly 1."""
     _, _, specs = LAYOUTS[layout]
@@ -269,6 +294,7 @@ def main() -> None:
         for axis_type in axis_types:
             check_sharded_step(layout, axis_type)
         check_global_norm(layout)
+    check_contract_configs()
     check_data_parallel()
     check_readme_snippet()
     check_grouping_refuses_sharded()

@@ -27,6 +27,31 @@ SCRIPT = textwrap.dedent(
         ours, _, _ = check_against_keras(kwargs, params, grads, jit=False)
         assert all(x.dtype == np.float64 for x in jax.tree.leaves(ours)), kwargs
         check_against_keras(kwargs, params, grads, jit=True)
+
+    # optax's float64 contract, over the contract configurations: float64 in, float64 out
+    # (updates and every floating state leaf), and the float32 run's numbers to float32's
+    # precision (the float32 path is the one checked against Keras bit for bit).
+    import jax.numpy as jnp, optax
+    from harness import CONTRACT_CONFIGS
+
+    def run(tx, dtype):
+        params = jax.tree.map(lambda p: p.astype(dtype), random_params(1, dtype=np.float64))
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        for g in random_grads(1, 6, params):
+            updates, state = step(jax.tree.map(lambda x: x.astype(dtype), g), state, params)
+            params = optax.apply_updates(params, updates)
+        return params, updates, state
+
+    for name, make in CONTRACT_CONFIGS.items():
+        params, updates, state = run(make(0.01), jnp.float64)
+        floating = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        wide = [x for x in floating if x.shape != ()]  # scalars: the loss scale is float32
+        for x in [*jax.tree.leaves(params), *jax.tree.leaves(updates), *wide]:
+            assert x.dtype == jnp.float64, (name, x.dtype)
+        narrow, _, _ = run(make(0.01), jnp.float32)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(narrow), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
     print("float64 ok")
     """
 )

@@ -68,3 +68,10 @@ def test_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main(["demo", "--out", str(a_file)])
     assert "--out must be a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("steps", [1, 7])
+def test_a_run_shorter_than_the_plot_window_writes_its_outputs(tmp_path: Path, steps: int) -> None:
+    assert main(["demo", "--steps", str(steps), "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == steps
+    assert (tmp_path / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

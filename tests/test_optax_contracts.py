@@ -4,8 +4,8 @@ Written from what `optax/_src/alias_test.py`, `optax/contrib/_common_test.py`,
 `optax/transforms/*_test.py`, `optax/tree_utils/_state_utils_test.py` and
 `optax/schedules/_inject_test.py` check, over adamx configurations. Where an optax test's
 expectation is optax's own arithmetic, the property is tested instead; where adamx differs by
-design, the test says so. (float64, sharding, orbax and `nnx.Optimizer` have their own files:
-`test_float64.py`, `test_sharding.py`, `test_orbax.py`, `test_flax.py`.)
+design, the test says so. float64 (`test_float64.py`), sharding (`sharded_check.py`) and
+`nnx.Optimizer` (`test_flax.py`) run over the same configurations in their own files.
 """
 
 from __future__ import annotations
