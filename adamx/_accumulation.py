@@ -11,8 +11,8 @@ import optax
 from adamx._capabilities import Committable, TakesLossScale
 from adamx._commit import both, check_commit, commit_state, update_committed
 from adamx._loss_scale import is_float32_power_of_two
-from adamx._trees import compute_dtype, real_dtype
-from adamx._validation import check_int, check_transformation
+from adamx._trees import compute_dtype, real_dtype, zeros_in
+from adamx._validation import check_dtype, check_int, check_transformation
 
 
 class AccumulateGradientsState(NamedTuple):
@@ -23,7 +23,10 @@ class AccumulateGradientsState(NamedTuple):
 
 
 def accumulate_gradients(
-    inner: optax.GradientTransformation, gradient_accumulation_steps: int
+    inner: optax.GradientTransformation,
+    gradient_accumulation_steps: int,
+    *,
+    accumulation_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Sums `N` gradients, then makes one `inner` update with their mean (Keras's rule).
 
@@ -54,7 +57,8 @@ def accumulate_gradients(
       of two and `inner` is `TakesLossScale` (a norm clip comes first), the sums are handed
       down with `loss_scale=N` and the clip divides them (`adamx._loss_scale`), the same
       numbers as `acc / N` with less memory traffic on XLA:CPU.
-    - The accumulator is float32, or float64 if a parameter is. Keras accumulates in each
+    - The accumulator is float32, or float64 if a parameter is (`accumulation_dtype` stores it
+      in another; the sums are computed in float32 at least). Keras accumulates in each
       parameter's dtype; float32 keeps float16/bfloat16 sums from losing their small terms.
     - Keras rules that read the raw call counter are not this transformation's business:
       `adamx.adam` re-indexes the learning-rate schedule (`at_keras_step`) and gives the EMA,
@@ -71,16 +75,17 @@ def accumulate_gradients(
     """
     check_transformation("inner", inner)
     check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
+    check_dtype("accumulation_dtype", accumulation_dtype)
     steps = gradient_accumulation_steps
     hand_down = isinstance(inner, TakesLossScale) and is_float32_power_of_two(steps)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> AccumulateGradientsState:
-        dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
-        dtype = compute_dtype(*(real_dtype(d) for d in dtypes))
+        dtypes = [real_dtype(jnp.result_type(x)) for x in jax.tree.leaves(params)]
+        dtype = compute_dtype(*dtypes) if accumulation_dtype is None else accumulation_dtype
         return AccumulateGradientsState(
-            mini_step=jnp.zeros([], jnp.int32),  # complex parameters: complex sums
-            acc_grads=jax.tree.map(lambda p: jnp.zeros_like(p, jnp.result_type(dtype, p)), params),
+            mini_step=jnp.zeros([], jnp.int32),
+            acc_grads=zeros_in(params, dtype),  # complex parameters: complex sums
             carry=jnp.ones([len(jax.tree.leaves(params))], jnp.bool_),
             inner_state=inner.init(params),
         )
@@ -100,8 +105,14 @@ def accumulate_gradients(
         treedef = cast(Any, structure)  # jax's stubs lack PyTreeDef's methods
         sums = treedef.flatten_up_to(state.acc_grads)
         present = [True] * len(grads) if has_gradient is None else jax.tree.leaves(has_gradient)
+
+        def add(g: Any, acc: jax.Array, carry: jax.Array) -> jax.Array:
+            dtype = jnp.result_type(compute_dtype(real_dtype(acc.dtype)), acc.dtype)
+            total = jnp.where(carry, acc, jnp.zeros_like(acc)).astype(dtype)
+            return (total + jnp.asarray(g, dtype)).astype(acc.dtype)
+
         added = [
-            jnp.where(carry, acc, jnp.zeros_like(acc)) + jnp.asarray(g, acc.dtype) if keep else acc
+            add(g, acc, carry) if keep else acc
             for g, acc, carry, keep in zip(grads, sums, state.carry, present, strict=True)
         ]
         # The mean is taken from the accumulator as stored, the one buffer XLA updates.

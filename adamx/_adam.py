@@ -36,6 +36,15 @@ def _check_name(name: Any) -> None:
         )
 
 
+def _check_has_effect(name: str, value: Any, enabled: bool, needs: str) -> None:
+    """Keras ignores settings of a feature that is off; here they are errors."""
+    if value is not None and not enabled:
+        raise ValueError(
+            f"`{name}` has no effect without `{needs}`; set `{needs}` or drop `{name}`. "
+            "(Keras ignores such settings silently.)"
+        )
+
+
 def _checked_and_named(
     name: str, tx: optax.GradientTransformationExtraArgs
 ) -> optax.GradientTransformationExtraArgs:
@@ -78,6 +87,10 @@ def adam(
     nesterov: bool = False,
     exclude_from_weight_decay: Exclusion = None,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    ema_dtype: Any = None,
+    accumulation_dtype: Any = None,
+    rounding_seed: int | None = None,
     skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Keras 3's `keras.optimizers.Adam` as an optax transformation: same arguments, same numbers.
@@ -109,7 +122,11 @@ def adam(
 
     Beyond Keras (keyword-only): `nesterov` (optax's Nesterov Adam, with epsilon-hat),
     `exclude_from_weight_decay` (patterns searched in `/`-joined key paths, a boolean pytree, or
-    a callable; see `adamx.decayed_paths`), `mu_dtype` (dtype of the first moment) and
+    a callable; see `adamx.decayed_paths`), the precision policy of the state (`mu_dtype`,
+    `nu_dtype` for the second moment and v-hat, `ema_dtype`, `accumulation_dtype`: the storage
+    dtype of each; None keeps the default, the arithmetic stays float32 or wider;
+    `rounding_seed` rounds the moments and the EMA stochastically where they are stored narrower
+    than they are computed, see `adamx.scale_by_keras_adam`) and
     `skip_nonfinite` (a call with a NaN or infinite gradient then changes nothing: parameters
     and every state leaf stay bit-identical, see `adamx.skip_nonfinite_updates`; by default, as
     in Keras, such a step is applied and the parameters become NaN). float16/bfloat16
@@ -131,11 +148,13 @@ def adam(
       >>> optax.apply_updates(params, updates)
       Array([0.50000495, 1.5000036 , 2.5000036 , 3.500004  ], dtype=float32)
     """
-    if exclude_from_weight_decay is not None and weight_decay is None:
-        raise ValueError(
-            "`exclude_from_weight_decay` has no effect without `weight_decay`; set "
-            "`weight_decay` (a float >= 0) or drop the exclusion."
-        )
+    has_decay, accumulates = weight_decay is not None, gradient_accumulation_steps is not None
+    _check_has_effect(
+        "exclude_from_weight_decay", exclude_from_weight_decay, has_decay, "weight_decay"
+    )
+    _check_has_effect(
+        "accumulation_dtype", accumulation_dtype, accumulates, "gradient_accumulation_steps"
+    )
     check_bool("use_ema", use_ema)
     check_bool("skip_nonfinite", skip_nonfinite)
     _check_name(name)
@@ -153,6 +172,8 @@ def adam(
             learning_rate=rate,
             nesterov=nesterov,
             mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+            rounding_seed=rounding_seed,
         ),
         optax.scale(-1.0),
     ]
@@ -166,18 +187,22 @@ def adam(
         )
     update = commit_chain(*real_update)
     if gradient_accumulation_steps is not None:  # 5. sum N calls, update with the mean
-        update = accumulate_gradients(update, gradient_accumulation_steps)
+        update = accumulate_gradients(
+            update, gradient_accumulation_steps, accumulation_dtype=accumulation_dtype
+        )
     if loss_scale_factor is not None:  # 4. unscale
         update = static_loss_scale(update, loss_scale_factor)
     # 10, 11. EMA of every parameter and its overwrite; its arguments are checked even when off.
+    steps = gradient_accumulation_steps or 1
     ema = ema_of_params(
-        ema_momentum, ema_overwrite_frequency, steps_per_update=gradient_accumulation_steps or 1
+        ema_momentum,
+        ema_overwrite_frequency,
+        steps_per_update=steps,
+        ema_dtype=ema_dtype,
+        rounding_seed=rounding_seed,
     )
-    if ema_overwrite_frequency is not None and not use_ema:
-        raise ValueError(
-            "`ema_overwrite_frequency` has no effect without `use_ema=True`; set `use_ema=True` "
-            "or drop it. (Keras ignores it silently.)"
-        )
+    _check_has_effect("ema_overwrite_frequency", ema_overwrite_frequency, use_ema, "use_ema=True")
+    _check_has_effect("ema_dtype", ema_dtype, use_ema, "use_ema=True")
     # Keras's `optimizer.learning_rate` reads a schedule at the raw counter, which micro-steps
     # advance (without them, or for a constant, it is the Adam state's `next_learning_rate`).
     accumulates_a_schedule = gradient_accumulation_steps is not None and callable(learning_rate)

@@ -6,17 +6,20 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from adamx._commit import check_commit, commit_state
+from adamx._rounding import round_to, rounding_key
 from adamx._state import find_state
-from adamx._trees import as_arrays, check_same_structure, compute_dtype
-from adamx._validation import check_int, check_real
+from adamx._trees import as_arrays, check_same_structure, compute_dtype, zeros_in
+from adamx._validation import check_dtype, check_int, check_real, check_seed
 
 
 class ParamsEmaState(NamedTuple):
     calls: jax.Array  # int32[]: calls so far (Keras's raw counter `it`)
     average: optax.Params  # like params: the moving average (Keras `<var>_average`)
+    rounding_seed: jax.Array | None = None  # uint32[] with stochastic rounding, else None
 
 
 def ema_of_params(
@@ -24,6 +27,8 @@ def ema_of_params(
     ema_overwrite_frequency: int | None = None,
     *,
     steps_per_update: int = 1,
+    ema_dtype: Any = None,
+    rounding_seed: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Tracks an EMA of the parameters after each update; optionally overwrites them with it.
 
@@ -43,7 +48,9 @@ def ema_of_params(
     `gradient_accumulation_steps`, so `k` counts real updates, like Keras's `iterations`). optax
     has no parameter EMA (`optax.ema` averages updates). Differences from Keras: the overwrite
     is a selection, so a non-finite average never leaks into parameters that are not being
-    overwritten; float16/bfloat16 averages are computed in float32 and stored in their dtype.
+    overwritten; float16/bfloat16 averages are computed in float32 and stored in their dtype
+    (`ema_dtype`, the parameters' by default; the blend runs in the wider of the two), rounded
+    to nearest, or stochastically given `rounding_seed` (see `adamx.scale_by_keras_adam`).
     Read the average with `adamx.ema_params(state)`. Given `commit` (see `adamx._commit`), a
     call where it is False keeps the state and passes the updates through (no overwrite).
 
@@ -62,9 +69,14 @@ def ema_of_params(
     if ema_overwrite_frequency is not None:
         check_int("ema_overwrite_frequency", ema_overwrite_frequency, low=1)
     check_int("steps_per_update", steps_per_update, low=1)
+    check_dtype("ema_dtype", ema_dtype)
+    check_seed("rounding_seed", rounding_seed)
+    seed = None if rounding_seed is None else np.uint32(rounding_seed)
 
     def init_fn(params: optax.Params) -> ParamsEmaState:
-        return ParamsEmaState(calls=jnp.zeros([], jnp.int32), average=optax.tree.zeros_like(params))
+        average = zeros_in(params, ema_dtype)
+        seed_leaf = None if seed is None else jnp.asarray(seed)
+        return ParamsEmaState(jnp.zeros([], jnp.int32), average, seed_leaf)
 
     def update_fn(
         updates: optax.Updates,
@@ -82,35 +94,45 @@ def ema_of_params(
         updates, params = as_arrays(updates), as_arrays(params)
         k = state.calls // steps_per_update
         calls = commit_state(commit, optax.safe_increment(state.calls), state.calls)
+        key = None if state.rounding_seed is None else rounding_key(state.rounding_seed, calls, 4)
+        leaf_index = jax.tree.unflatten(
+            jax.tree.structure(state.average), range(len(jax.tree.leaves(state.average)))
+        )
 
-        def blend(avg: jax.Array, p: jax.Array) -> jax.Array:
-            dtype = compute_dtype(avg.dtype)
+        def blend(avg: jax.Array, p: jax.Array, leaf: int) -> jax.Array:
+            dtype = compute_dtype(avg.dtype, p.dtype)
             mu = (k != 0).astype(dtype) * ema_momentum
-            return (mu * avg.astype(dtype) + (1 - mu) * p.astype(dtype)).astype(avg.dtype)
+            return round_to(
+                mu * avg.astype(dtype) + (1 - mu) * p.astype(dtype), avg.dtype, key, leaf
+            )
+
+        def new_state(average: Any) -> ParamsEmaState:
+            average = commit_state(commit, average, state.average)
+            return ParamsEmaState(calls, average, state.rounding_seed)
 
         if ema_overwrite_frequency is None:
             new_params = optax.apply_updates(params, updates)
-            average = jax.tree.map(blend, state.average, new_params)
-            return updates, ParamsEmaState(calls, commit_state(commit, average, state.average))
+            return updates, new_state(jax.tree.map(blend, state.average, new_params, leaf_index))
         overwrite = (k + 1) % ema_overwrite_frequency == 0
         if commit is not None:
             overwrite = overwrite & commit
 
-        def emitted(u: jax.Array, avg: jax.Array, p: jax.Array) -> jax.Array:
-            target = blend(avg, optax.apply_updates(p, u))
+        def emitted(u: jax.Array, avg: jax.Array, p: jax.Array, leaf: int) -> jax.Array:
+            target = blend(avg, optax.apply_updates(p, u), leaf)
             return jnp.where(overwrite, (target - p).astype(u.dtype), u)
 
-        updates = jax.tree.map(emitted, updates, state.average, params)
+        updates = jax.tree.map(emitted, updates, state.average, params, leaf_index)
         # The average is read back from the parameters this call produces (the caller's own
         # `p + u`, which XLA shares), so the step's expensive `u` feeds one kernel and needs
         # no parameter-sized temporary. After an overwrite it is the parameters, as in Keras.
         new_params = optax.apply_updates(params, updates)
         average = jax.tree.map(
-            lambda avg, p: jnp.where(overwrite, p.astype(avg.dtype), blend(avg, p)),
+            lambda avg, p, leaf: jnp.where(overwrite, p.astype(avg.dtype), blend(avg, p, leaf)),
             state.average,
             new_params,
+            leaf_index,
         )
-        return updates, ParamsEmaState(calls, commit_state(commit, average, state.average))
+        return updates, new_state(average)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -23,12 +23,12 @@ from adamx._trees import parameter_path, path_str
 from adamx._weight_decay import DecoupledWeightDecayState
 
 _ADAM_CLASSES = ("Adam", "AdamW")  # Keras 3's AdamW is Adam with another default weight_decay
-# The keys of `Adam.get_config()`, which are `adamx.adam`'s arguments.
-_ADAM_KEYS = frozenset(inspect.signature(adam).parameters) - {
-    "nesterov",
-    "exclude_from_weight_decay",
-    "mu_dtype",
-}
+# The keys of `Adam.get_config()`: `adamx.adam`'s arguments before the keyword-only ones.
+_ADAM_KEYS = frozenset(
+    name
+    for name, parameter in inspect.signature(adam).parameters.items()
+    if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+)
 _LOSS_SCALE_KEYS = frozenset({"name", "inner_optimizer", "initial_scale", "dynamic_growth_steps"})
 _CLIP_KEYS = ("clipnorm", "clipvalue", "global_clipnorm")
 

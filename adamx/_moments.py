@@ -10,6 +10,7 @@ import optax
 
 from adamx._commit import check_commit, commit_state
 from adamx._hyperparams import LearningRate, learning_rate_schedule
+from adamx._rounding import round_to, rounding_key
 from adamx._trees import (
     abs_square,
     as_arrays,
@@ -18,8 +19,9 @@ from adamx._trees import (
     compute_dtype,
     real_dtype,
     tree_map_multi,
+    zeros_in,
 )
-from adamx._validation import check_bool, check_real
+from adamx._validation import check_bool, check_dtype, check_real, check_seed
 
 
 class ScaleByKerasAdamState(NamedTuple):
@@ -30,6 +32,7 @@ class ScaleByKerasAdamState(NamedTuple):
     mu: optax.Updates  # like params, dtype mu_dtype or the params': `momentum`
     nu: optax.Updates  # like params: `velocity`, the raw (uncorrected) average of g²
     nu_max: optax.Updates | None  # like params if amsgrad, else None: `velocity_hat`
+    rounding_seed: jax.Array | None = None  # uint32[] with stochastic rounding, else None
 
 
 def check_beta(name: str, value: Any) -> None:
@@ -42,17 +45,6 @@ def check_beta(name: str, value: Any) -> None:
     check_real(name, value, low=0.0, high=1.0, high_open=True)
 
 
-def check_mu_dtype(mu_dtype: Any) -> None:
-    if mu_dtype is None:
-        return
-    try:
-        floating = jnp.issubdtype(jnp.dtype(mu_dtype), jnp.floating)
-    except TypeError:
-        floating = False
-    if not floating:
-        raise TypeError(f"`mu_dtype` must be a floating dtype or None. Received: {mu_dtype!r}")
-
-
 def scale_by_keras_adam(
     beta_1: float = 0.9,
     beta_2: float = 0.999,
@@ -62,6 +54,8 @@ def scale_by_keras_adam(
     learning_rate: LearningRate = 1.0,
     nesterov: bool = False,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    rounding_seed: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Rescales gradients by Keras's Adam rule, with epsilon-hat and the learning rate inside.
 
@@ -107,7 +101,13 @@ def scale_by_keras_adam(
       amsgrad: use the running maximum of the raw second moment.
       learning_rate: a number, a schedule `count -> rate`, or a zero-argument callable.
       nesterov: use the Nesterov-accelerated first moment.
-      mu_dtype: dtype of the first moment; None keeps the parameters' dtype.
+      mu_dtype: storage dtype of the first moment; None keeps the parameters' dtype.
+      nu_dtype: storage dtype of the second moment and of v-hat (a running maximum of the same
+        quantity, so they share it); None keeps the parameters' (real) dtype.
+      rounding_seed: None rounds the moments to nearest when they are stored in a narrower
+        dtype than they are computed in; an integer in [0, 2**32) rounds them stochastically,
+        with random bits from this seed (kept in the state), the step and the element's index
+        (`adamx._rounding`): bit-identical runs for one seed, and after a resume.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -122,7 +122,9 @@ def scale_by_keras_adam(
     check_real("epsilon", epsilon, low=0.0, low_open=True)
     check_bool("amsgrad", amsgrad)
     check_bool("nesterov", nesterov)
-    check_mu_dtype(mu_dtype)
+    check_dtype("mu_dtype", mu_dtype)
+    check_dtype("nu_dtype", nu_dtype)
+    check_seed("rounding_seed", rounding_seed)
     schedule = learning_rate_schedule(learning_rate)
 
     def rate(count: jax.Array) -> jax.Array:
@@ -135,9 +137,10 @@ def scale_by_keras_adam(
         return ScaleByKerasAdamState(
             count=count,
             next_learning_rate=rate(count),
-            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-            nu=_real_zeros_like(params),
-            nu_max=_real_zeros_like(params) if amsgrad else None,
+            mu=zeros_in(params, mu_dtype),
+            nu=zeros_in(params, nu_dtype, real=True),
+            nu_max=zeros_in(params, nu_dtype, real=True) if amsgrad else None,
+            rounding_seed=None if rounding_seed is None else jnp.asarray(rounding_seed, jnp.uint32),
         )
 
     def update_fn(
@@ -152,23 +155,34 @@ def scale_by_keras_adam(
         commit, updates = check_commit(commit), as_arrays(updates)
         check_same_structure("updates", updates, "the optimizer state's moments", state.nu)
         step, learning_rate = optax.safe_increment(state.count), schedule(state.count)
-        pairs = zip(jax.tree.leaves(state.mu), jax.tree.leaves(state.nu), strict=True)
-        dtypes = {_real_compute_dtype(m, v) for m, v in pairs}
+        leaves = (jax.tree.leaves(x) for x in (updates, state.mu, state.nu))
+        dtypes = {_real_compute_dtype(*gmv) for gmv in zip(*leaves, strict=True)}
         scalars = {d: _StepScalars.of(step, learning_rate, beta_1, beta_2, d) for d in dtypes}
-        hyper = (beta_1, beta_2, epsilon, amsgrad, nesterov, commit)
+        seed = state.rounding_seed
+        keys = None if seed is None else [rounding_key(seed, step, i) for i in (1, 2, 3)]
+        hyper = (beta_1, beta_2, epsilon, amsgrad, nesterov, commit, keys)
+        leaf_index = jax.tree.unflatten(
+            jax.tree.structure(state.nu), range(len(jax.tree.leaves(state.nu)))
+        )
 
-        def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: jax.Array) -> tuple:
-            return _adam_leaf(hyper, scalars[_real_compute_dtype(m, v)], g, m, v, v_max)
+        def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: Any, leaf: int) -> tuple:
+            # The update takes the parameters' dtype: the one `nu` has, unless `nu_dtype` sets
+            # another; then the gradient's.
+            out_dtype = (v if nu_dtype is None else g).dtype
+            s = scalars[_real_compute_dtype(g, m, v)]
+            return _adam_leaf(hyper, s, g, m, v, v_max, out_dtype, leaf)
 
         nu_max = state.nu_max if amsgrad else state.nu
-        out, mu, nu, nu_max = tree_map_multi(one_leaf, 4, updates, state.mu, state.nu, nu_max)
+        trees = (updates, state.mu, state.nu, nu_max, leaf_index)
+        out, mu, nu, nu_max = tree_map_multi(one_leaf, 4, *trees)
         counters = commit_state(commit, (step, rate(step)), (state.count, state.next_learning_rate))
         return out, ScaleByKerasAdamState(
             count=counters[0],
             next_learning_rate=counters[1],
-            mu=optax.tree.cast_like(mu, state.mu),
-            nu=optax.tree.cast_like(nu, state.nu),
-            nu_max=optax.tree.cast_like(nu_max, state.nu) if amsgrad else None,
+            mu=mu,
+            nu=nu,
+            nu_max=nu_max if amsgrad else None,
+            rounding_seed=seed,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -193,39 +207,51 @@ class _StepScalars(NamedTuple):
         return cls(lr_root / (1 - b1_power), lr_root, 1 - b1_power, 1 - b1_next_power)
 
 
-def _real_zeros_like(params: Any) -> Any:
-    """The second moment's zeros: real, also for complex parameters (optax keeps them
-    complex; the imaginary half would always be zero)."""
-    return jax.tree.map(lambda p: jnp.zeros_like(p, real_dtype(jnp.result_type(p))), params)
-
-
-def _real_compute_dtype(m: jax.Array, v: jax.Array) -> Any:
-    return compute_dtype(v.dtype, real_dtype(m.dtype))
+def _real_compute_dtype(g: jax.Array, m: jax.Array, v: jax.Array) -> Any:
+    """float32 at least, wider where the gradient or a stored moment is."""
+    return compute_dtype(real_dtype(g.dtype), real_dtype(m.dtype), v.dtype)
 
 
 def _adam_leaf(
-    hyper: tuple[Any, ...], s: _StepScalars, g: jax.Array, m: jax.Array, v: jax.Array, v_max: Any
+    hyper: tuple[Any, ...],
+    s: _StepScalars,
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    v_max: Any,
+    out_dtype: Any,
+    leaf: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """One leaf's step and new moments, in Keras's order of operations (float32 at least)."""
-    beta_1, beta_2, epsilon, amsgrad, nesterov, commit = hyper
-    real = _real_compute_dtype(m, v)
-    dtype = jnp.result_type(real, m.dtype)  # complex where the parameters are
-    out_dtype = jnp.result_type(v.dtype, jnp.complex64) if jnp.iscomplexobj(m) else v.dtype
+    """One leaf's step and new moments, in Keras's order of operations (float32 at least).
 
-    def keep_unless_committed(new: jax.Array, old: jax.Array) -> jax.Array:
-        # Selected in the compute dtype, so the step below reads what the state stores
-        # (for float32, the very buffer XLA then updates in place).
-        return new if commit is None else jnp.where(commit, new, old.astype(new.dtype))
+    The step reads the moments as the state stores them (rounded to their storage dtype): then
+    XLA computes each moment once, in the kernel that stores it, and the parameter kernel reads
+    the stored values, instead of recomputing the moments from the old ones, which it would
+    have to keep (a copy of each) while their buffers are overwritten."""
+    beta_1, beta_2, epsilon, amsgrad, nesterov, commit, keys = hyper
+    real = _real_compute_dtype(g, m, v)
+    dtype = jnp.result_type(real, m.dtype)  # complex where the parameters are
+    if jnp.iscomplexobj(m):
+        out_dtype = jnp.result_type(out_dtype, jnp.complex64)
+
+    def stored(new: jax.Array, old: jax.Array, stream: int) -> tuple[jax.Array, jax.Array]:
+        """`new` as the state stores it, and as the step reads that back. Where `commit` is
+        False, `old` (selected in the compute dtype, so the step reads the very buffer XLA
+        then updates in place)."""
+        if commit is not None:
+            new = jnp.where(commit, new, old.astype(new.dtype))
+        kept = round_to(new, old.dtype, None if keys is None else keys[stream], leaf)
+        return kept, kept.astype(new.dtype)
 
     g, m_old, v_old = g.astype(dtype), m.astype(dtype), v.astype(real)
-    m = keep_unless_committed(m_old + (g - m_old) * (1 - beta_1), m_old)
-    v = keep_unless_committed(v_old + (abs_square(g) - v_old) * (1 - beta_2), v_old)
+    m, m_read = stored(m_old + (g - m_old) * (1 - beta_1), m, 0)
+    v, v_read = stored(v_old + (abs_square(g) - v_old) * (1 - beta_2), v, 1)
     if amsgrad:
-        v_max = keep_unless_committed(jnp.maximum(v_max.astype(real), v), v_max)
-    root_v = jnp.sqrt(v_max if amsgrad else v)
+        v_max, v_read = stored(jnp.maximum(v_max.astype(real), v_read), v_max, 2)
+    root_v = jnp.sqrt(v_read)
     if nesterov:
-        m_hat = beta_1 * m / s.b1_next_correction + (1 - beta_1) * g / s.b1_correction
+        m_hat = beta_1 * m_read / s.b1_next_correction + (1 - beta_1) * g / s.b1_correction
         out = (m_hat * s.lr_root) / (root_v + epsilon)
     else:
-        out = (m * s.alpha) / (root_v + epsilon)
+        out = (m_read * s.alpha) / (root_v + epsilon)
     return out.astype(out_dtype), m, v, v_max

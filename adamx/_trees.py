@@ -82,6 +82,22 @@ def real_dtype(dtype: Any) -> Any:
     return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
 
 
+def zeros_in(params: Any, dtype: Any = None, *, real: bool = False) -> Any:
+    """Zeros shaped like each parameter leaf, stored in `dtype` (None: the parameter's own).
+
+    A complex parameter's leaf is complex in `dtype`'s precision, or, with `real`, real in the
+    parameter's precision when `dtype` is None (a second moment of `|g|**2`)."""
+
+    def zeros(p: Any) -> jax.Array:
+        own = jnp.result_type(p)
+        if dtype is None:
+            return jnp.zeros_like(p, real_dtype(own) if real else own)
+        complex_ = jnp.issubdtype(own, jnp.complexfloating) and not real
+        return jnp.zeros_like(p, jnp.result_type(dtype, jnp.complex64) if complex_ else dtype)
+
+    return jax.tree.map(zeros, params)
+
+
 def abs_square(x: jax.Array) -> jax.Array:
     """`|x|**2`: `x**2` for real `x`, as Keras squares; `(conj(x) * x).real` for complex `x`,
     as optax's `abs_sq`."""

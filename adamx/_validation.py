@@ -93,3 +93,32 @@ def check_transformation(name: str, value: Any) -> None:
             f"`{name}` must be an optax GradientTransformation (with `init` and `update`), for "
             f"example `adamx.adam()`. Received: {name}={value!r}"
         )
+
+
+def check_dtype(name: str, dtype: Any) -> None:
+    """Checks that `dtype` is None or a real floating dtype (the storage dtype of a state leaf;
+    complex parameters get the complex dtype of that precision)."""
+    if dtype is None:
+        return
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise TypeError(
+            f"`{name}` must be a real floating dtype (for example jnp.bfloat16) or None. "
+            f"Received: {name}={dtype!r}"
+        )
+
+
+def check_seed(name: str, value: Any) -> None:
+    """None, or a Python integer in [0, 2**32) (a uint32 seed kept in the state)."""
+    if value is None:
+        return
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be None or an integer in [0, 2**32) (with "
+            f"`optax.inject_hyperparams`, list it in `static_args`). Received: {value!r}"
+        )
+    if not 0 <= int(value) < 2**32:
+        raise ValueError(f"`{name}` must be None or an integer in [0, 2**32). Received: {value!r}")

@@ -17,7 +17,9 @@ runs the whole update, and micro-steps keep its state). "loss scaling" is the mi
 `adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0))`, which checks the gradients, may skip
 the call, and clips the unscaled gradients. "adamx grouped" runs on `adamx.group_leaves` parameters
 and gradients (one flat buffer per dtype); "grouped, leaf grads" groups per-leaf gradients inside
-the step, the cost of a model whose gradients are not computed through `ungroup()`. torch
+the step, the cost of a model whose gradients are not computed through `ungroup()`. "bf16
+state" stores both moments in bfloat16 (computed in float32), rounded to nearest or
+stochastically. torch
 (`fused=True`, `foreach=True`) joins when installed.
 """
 
@@ -53,6 +55,7 @@ ALL_FEATURES: dict[str, Any] = {
     "loss_scale_factor": 1024.0,
 }
 WITH_ACCUMULATION = {**ALL_FEATURES, "gradient_accumulation_steps": 4}
+BFLOAT16_STATE = {"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16}
 Step = Callable[[Any, Any, Any], tuple[Any, Any]]  # (params, state, grads) -> (params, state)
 
 
@@ -287,6 +290,8 @@ def candidates_for(
         "optax.adam": jax_one(optax.adam(1e-3, eps=1e-7)),
         "adamx.adam()": jax_one(adamx.adam()),
         "adamx.adam(amsgrad=True)": jax_one(adamx.adam(amsgrad=True)),
+        "adamx bf16 state": jax_one(adamx.adam(**BFLOAT16_STATE)),
+        "adamx bf16 state, stochastic": jax_one(adamx.adam(**BFLOAT16_STATE, rounding_seed=0)),
         "adamx.adam(all features)": jax_one(adamx.adam(**ALL_FEATURES)),
         "adamx.adam(all + accum. 4)": jax_one(adamx.adam(**WITH_ACCUMULATION)),
         "adamx loss scaling": jax_one(adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0))),

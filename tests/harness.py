@@ -10,6 +10,7 @@ from typing import Any
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
 import optax
@@ -88,6 +89,15 @@ CONTRACT_CONFIGS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     ),
     # adamx by design: a micro-step does not move the parameters (Keras's rule).
     "accumulation": lambda lr: adamx.adam(lr, gradient_accumulation_steps=2),
+    "bfloat16 state, stochastic rounding": lambda lr: adamx.adam(
+        lr,
+        amsgrad=True,
+        mu_dtype=jnp.bfloat16,
+        nu_dtype=jnp.bfloat16,
+        use_ema=True,
+        ema_dtype=jnp.bfloat16,
+        rounding_seed=0,
+    ),
     "loss_scale_optimizer": lambda lr: adamx.loss_scale_optimizer(
         adamx.adam(lr, global_clipnorm=10.0), initial_scale=2.0**10, dynamic_growth_steps=50
     ),

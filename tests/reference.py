@@ -31,6 +31,9 @@ class Config:
     loss_scale_factor: float | None = None
     gradient_accumulation_steps: int | None = None
     dynamic_scale: tuple[float, int] | None = None  # (initial_scale, dynamic_growth_steps)
+    # Storage dtypes of state leaves ("m", "v" (and v-hat), "average", "acc"): each is rounded
+    # to its dtype when stored; the arithmetic stays float64.
+    storage: dict[str, type] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -59,6 +62,10 @@ def run(
     scale, growth = (c.dynamic_scale or (1.0, 0))[0], 0
     scales = []
 
+    def store(kind: str, x: np.ndarray) -> np.ndarray:
+        dtype = c.storage.get(kind)
+        return x if dtype is None else np.asarray(x, dtype).astype(np.float64)
+
     def rate(step: int) -> float:
         return float(c.learning_rate(step)) if callable(c.learning_rate) else c.learning_rate
 
@@ -82,10 +89,10 @@ def run(
         if n:
             update = (it + 1) % n == 0
             if update:
-                g = [(x + a) / n for x, a in zip(g, acc, strict=True)]
+                g = [store("acc", x + a) / n for x, a in zip(g, acc, strict=True)]
                 acc = [np.zeros_like(a) for a in acc]
             else:
-                acc = [x + a for x, a in zip(g, acc, strict=True)]
+                acc = [store("acc", x + a) for x, a in zip(g, acc, strict=True)]
         if update:
             g = _clip(c, g)
             lr = rate(it)
@@ -97,8 +104,9 @@ def run(
             t = k + 1
             b1, b2 = c.beta_1, c.beta_2
             for i in range(len(p)):
-                m[i] = m[i] + (g[i] - m[i]) * (1 - b1)
-                v[i] = v[i] + (g[i] ** 2 - v[i]) * (1 - b2)
+                # The step reads the moments as stored.
+                m[i] = store("m", m[i] + (g[i] - m[i]) * (1 - b1))
+                v[i] = store("v", v[i] + (g[i] ** 2 - v[i]) * (1 - b2))
                 v_hat[i] = np.maximum(v_hat[i], v[i])
                 denominator = np.sqrt(v_hat[i] if c.amsgrad else v[i]) + c.epsilon
                 if c.nesterov:
@@ -109,7 +117,7 @@ def run(
                     p[i] = p[i] - m[i] * alpha / denominator
         if c.use_ema:
             mu = c.ema_momentum * (k != 0)
-            avg = [mu * a + (1 - mu) * x for a, x in zip(avg, p, strict=True)]
+            avg = [store("average", mu * a + (1 - mu) * x) for a, x in zip(avg, p, strict=True)]
             f = c.ema_overwrite_frequency
             if f is not None and (k + 1) % f == 0:
                 p = [a.copy() for a in avg]

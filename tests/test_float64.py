@@ -47,11 +47,19 @@ SCRIPT = textwrap.dedent(
         params, updates, state = run(make(0.01), jnp.float64)
         floating = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
         wide = [x for x in floating if x.shape != ()]  # scalars: the loss scale is float32
+        bfloat16_state = name.startswith("bfloat16 state")  # stored so on purpose
+        if bfloat16_state:
+            assert {x.dtype for x in wide} == {jnp.dtype(jnp.bfloat16)}, name
+            wide = []
         for x in [*jax.tree.leaves(params), *jax.tree.leaves(updates), *wide]:
             assert x.dtype == jnp.float64, (name, x.dtype)
         narrow, _, _ = run(make(0.01), jnp.float32)
+        # bfloat16 state: where float32 and float64 results straddle a rounding boundary, one
+        # stored moment differs by a bfloat16 ulp, and so does that step: bounded by 2% of
+        # the movement (6 steps of at most lr = 0.01).
+        atol = 0.02 * 6 * 0.01 if bfloat16_state else 1e-6
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(narrow), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=name)
     print("float64 ok")
     """
 )

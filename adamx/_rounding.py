@@ -1,0 +1,75 @@
+"""Stochastic rounding: storing a wider float in a narrower one without bias.
+
+Rounding to nearest loses every change smaller than half an ulp of the stored value, so a
+bfloat16 moment or average that moves by less stalls. Stochastic rounding stores one of the two
+neighbours of `x`, the farther one with probability (distance to the nearer one) / ulp, so
+the stored value is `x` on average.
+
+The random numbers are a counter-based hash (`_mix`, a bijective 32-bit integer hash) of the
+seed, the step, a stream per kind of state, the leaf's index and the element's index in the
+whole (logical) array: no PRNG pass over memory (XLA fuses the hash into the kernel that
+stores), bit-identical across runs and after a resume, and independent of how the array is
+laid out over devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_U32 = jnp.uint32
+
+
+def _mix(x: jax.Array) -> jax.Array:
+    """A bijective hash of uint32 values with good avalanche (C. Wellons's "lowbias32")."""
+    x = x ^ (x >> 16)
+    x = x * _U32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * _U32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def rounding_key(seed: jax.Array, step: jax.Array, stream: int) -> jax.Array:
+    """The uint32 key of one kind of state (`stream`) at one step."""
+    stream_bits = _U32(np.uint32((stream * 0x9E3779B9) & 0xFFFFFFFF))
+    return _mix(_mix(seed.astype(_U32) ^ stream_bits) + step.astype(_U32))
+
+
+def _random_bits(key: jax.Array, leaf: int, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 random bits, one word per element, from the key, the leaf and the index."""
+    index = jnp.zeros(shape, _U32)
+    for axis in range(len(shape)):  # the element's row-major index in the whole array
+        stride = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+        index = index + jax.lax.broadcasted_iota(_U32, shape, axis) * _U32(stride & 0xFFFFFFFF)
+    leaf_key = _mix(key + _U32((leaf * 0x85EBCA6B) & 0xFFFFFFFF))
+    return _mix(_mix(index ^ leaf_key) + leaf_key)
+
+
+def round_to(x: jax.Array, dtype: Any, key: jax.Array | None, leaf: int) -> jax.Array:
+    """`x` stored in `dtype`: rounded to nearest where `key` is None or `dtype` is not
+    narrower than `x`'s, else stochastically (unbiased; exact values stay exact)."""
+    dtype = jnp.dtype(dtype)
+    if key is None or jnp.finfo(dtype).bits >= jnp.finfo(x.dtype).bits:
+        return x.astype(dtype)
+    bits = _random_bits(key, leaf, x.shape)
+    if x.dtype == jnp.float32 and dtype == jnp.bfloat16:
+        # bfloat16 is float32's top half. Adding 16 random bits to the half that is dropped
+        # carries into the kept half (one ulp away from zero, as the pattern is sign and
+        # magnitude) with probability equal to the dropped fraction. One chain of integer ops
+        # that XLA fuses into the kernel that stores; NaNs are kept as they are.
+        pattern = jax.lax.bitcast_convert_type(x, _U32) + (bits >> 16)
+        truncated = jax.lax.bitcast_convert_type(pattern & _U32(0xFFFF0000), jnp.float32)
+        return jnp.where(jnp.isnan(x), x, truncated).astype(dtype)
+    # Any other pair: the neighbour toward zero, or the next one with the fraction's chance.
+    nearest = x.astype(dtype)
+    toward_zero = jnp.where(
+        jnp.abs(nearest.astype(x.dtype)) > jnp.abs(x), jnp.nextafter(nearest, 0), nearest
+    )
+    away = jnp.nextafter(toward_zero, jnp.where(x < 0, -jnp.inf, jnp.inf).astype(dtype))
+    low, high = jnp.abs(toward_zero.astype(x.dtype)), jnp.abs(away.astype(x.dtype))
+    fraction = (jnp.abs(x) - low) / (high - low)  # NaN for infinities: never rounds up
+    uniform = (bits >> 8).astype(jnp.float32) * np.float32(2.0**-24)
+    return jnp.where(uniform < fraction, away, toward_zero)
