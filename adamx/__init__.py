@@ -19,6 +19,7 @@ from adamx._loss_scale import (
 from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import ScaleByKerasAdamState, scale_by_keras_adam
 from adamx._nonfinite import SkipNonFiniteState, skip_nonfinite_updates
+from adamx._rounding import StochasticRoundParamsState, stochastic_round_params
 from adamx._sharding import state_shardings
 from adamx._state import current_learning_rate, iterations
 from adamx._weight_decay import (
@@ -43,6 +44,7 @@ __all__ = [
     "Schedule",
     "SkipNonFiniteState",
     "StaticLossScaleState",
+    "StochasticRoundParamsState",
     "TakesLossScale",
     "accumulate_gradients",
     "adam",
@@ -68,5 +70,6 @@ __all__ = [
     "skip_nonfinite_updates",
     "state_shardings",
     "static_loss_scale",
+    "stochastic_round_params",
     "ungroup",
 ]

@@ -23,6 +23,7 @@ from adamx._loss_scale import static_loss_scale
 from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import scale_by_keras_adam
 from adamx._nonfinite import skip_nonfinite_updates
+from adamx._rounding import stochastic_round_params
 from adamx._trees import check_floating, check_same_shapes, check_same_structure
 from adamx._validation import check_bool
 from adamx._weight_decay import decoupled_weight_decay
@@ -125,8 +126,9 @@ def adam(
     a callable; see `adamx.decayed_paths`), the precision policy of the state (`mu_dtype`,
     `nu_dtype` for the second moment and v-hat, `ema_dtype`, `accumulation_dtype`: the storage
     dtype of each; None keeps the default, the arithmetic stays float32 or wider;
-    `rounding_seed` rounds the moments and the EMA stochastically where they are stored narrower
-    than they are computed, see `adamx.scale_by_keras_adam`) and
+    `rounding_seed` rounds the moments, the EMA and bfloat16/float16 parameters stochastically
+    where they are stored narrower than they are computed, see `adamx.scale_by_keras_adam` and
+    `adamx.stochastic_round_params`; the updates of such parameters are then float32) and
     `skip_nonfinite` (a call with a NaN or infinite gradient then changes nothing: parameters
     and every state leaf stay bit-identical, see `adamx.skip_nonfinite_updates`; by default, as
     in Keras, such a step is applied and the parameters become NaN). float16/bfloat16
@@ -185,6 +187,8 @@ def adam(
                 exclude_from_weight_decay=exclude_from_weight_decay,
             )
         )
+    if rounding_seed is not None:  # beyond Keras: narrow parameters land stochastically
+        real_update.append(stochastic_round_params(rounding_seed))
     update = commit_chain(*real_update)
     if gradient_accumulation_steps is not None:  # 5. sum N calls, update with the mean
         update = accumulate_gradients(

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 
 from adamx._commit import check_commit, commit_state
-from adamx._rounding import round_to, rounding_key
+from adamx._rounding import random_bits, round_to, rounding_key
 from adamx._state import find_state
 from adamx._trees import as_arrays, check_same_structure, compute_dtype, zeros_in
 from adamx._validation import check_dtype, check_int, check_real, check_seed
@@ -102,9 +102,8 @@ def ema_of_params(
         def blend(avg: jax.Array, p: jax.Array, leaf: int) -> jax.Array:
             dtype = compute_dtype(avg.dtype, p.dtype)
             mu = (k != 0).astype(dtype) * ema_momentum
-            return round_to(
-                mu * avg.astype(dtype) + (1 - mu) * p.astype(dtype), avg.dtype, key, leaf
-            )
+            bits = None if key is None else random_bits(key, leaf, avg.shape)
+            return round_to(mu * avg.astype(dtype) + (1 - mu) * p.astype(dtype), avg.dtype, bits)
 
         def new_state(average: Any) -> ParamsEmaState:
             average = commit_state(commit, average, state.average)

@@ -10,7 +10,7 @@ import optax
 
 from adamx._commit import check_commit, commit_state
 from adamx._hyperparams import LearningRate, learning_rate_schedule
-from adamx._rounding import round_to, rounding_key
+from adamx._rounding import random_bits, round_to, rounding_key, swap_halves
 from adamx._trees import (
     abs_square,
     as_arrays,
@@ -107,7 +107,9 @@ def scale_by_keras_adam(
       rounding_seed: None rounds the moments to nearest when they are stored in a narrower
         dtype than they are computed in; an integer in [0, 2**32) rounds them stochastically,
         with random bits from this seed (kept in the state), the step and the element's index
-        (`adamx._rounding`): bit-identical runs for one seed, and after a resume.
+        (`adamx._rounding`): bit-identical runs for one seed, and after a resume. The updates
+        then stay in the compute dtype (float32 for bfloat16 parameters), so that the
+        parameters can be rounded stochastically too (`adamx.stochastic_round_params`).
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -159,17 +161,19 @@ def scale_by_keras_adam(
         dtypes = {_real_compute_dtype(*gmv) for gmv in zip(*leaves, strict=True)}
         scalars = {d: _StepScalars.of(step, learning_rate, beta_1, beta_2, d) for d in dtypes}
         seed = state.rounding_seed
-        keys = None if seed is None else [rounding_key(seed, step, i) for i in (1, 2, 3)]
-        hyper = (beta_1, beta_2, epsilon, amsgrad, nesterov, commit, keys)
+        key = None if seed is None else rounding_key(seed, step, 1)
+        hyper = (beta_1, beta_2, epsilon, amsgrad, nesterov, commit, key)
         leaf_index = jax.tree.unflatten(
             jax.tree.structure(state.nu), range(len(jax.tree.leaves(state.nu)))
         )
 
         def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: Any, leaf: int) -> tuple:
             # The update takes the parameters' dtype: the one `nu` has, unless `nu_dtype` sets
-            # another; then the gradient's.
-            out_dtype = (v if nu_dtype is None else g).dtype
-            s = scalars[_real_compute_dtype(g, m, v)]
+            # another; then the gradient's. With a seed it stays in the compute dtype, for the
+            # parameters' own rounding (`stochastic_round_params`).
+            compute = _real_compute_dtype(g, m, v)
+            out_dtype = compute if seed is not None else (v if nu_dtype is None else g).dtype
+            s = scalars[compute]
             return _adam_leaf(hyper, s, g, m, v, v_max, out_dtype, leaf)
 
         nu_max = state.nu_max if amsgrad else state.nu
@@ -228,26 +232,30 @@ def _adam_leaf(
     XLA computes each moment once, in the kernel that stores it, and the parameter kernel reads
     the stored values, instead of recomputing the moments from the old ones, which it would
     have to keep (a copy of each) while their buffers are overwritten."""
-    beta_1, beta_2, epsilon, amsgrad, nesterov, commit, keys = hyper
+    beta_1, beta_2, epsilon, amsgrad, nesterov, commit, key = hyper
+    # One hash per element: its two halves round the two moments (v-hat is the maximum of
+    # two stored values, so it is stored exactly).
+    bits = None if key is None else random_bits(key, leaf, g.shape)
     real = _real_compute_dtype(g, m, v)
     dtype = jnp.result_type(real, m.dtype)  # complex where the parameters are
     if jnp.iscomplexobj(m):
         out_dtype = jnp.result_type(out_dtype, jnp.complex64)
 
-    def stored(new: jax.Array, old: jax.Array, stream: int) -> tuple[jax.Array, jax.Array]:
+    def stored(new: jax.Array, old: jax.Array, bits: Any) -> tuple[jax.Array, jax.Array]:
         """`new` as the state stores it, and as the step reads that back. Where `commit` is
         False, `old` (selected in the compute dtype, so the step reads the very buffer XLA
         then updates in place)."""
         if commit is not None:
             new = jnp.where(commit, new, old.astype(new.dtype))
-        kept = round_to(new, old.dtype, None if keys is None else keys[stream], leaf)
+        kept = round_to(new, old.dtype, bits)
         return kept, kept.astype(new.dtype)
 
     g, m_old, v_old = g.astype(dtype), m.astype(dtype), v.astype(real)
-    m, m_read = stored(m_old + (g - m_old) * (1 - beta_1), m, 0)
-    v, v_read = stored(v_old + (abs_square(g) - v_old) * (1 - beta_2), v, 1)
+    m, m_read = stored(m_old + (g - m_old) * (1 - beta_1), m, bits)
+    v_bits = None if bits is None else swap_halves(bits)
+    v, v_read = stored(v_old + (abs_square(g) - v_old) * (1 - beta_2), v, v_bits)
     if amsgrad:
-        v_max, v_read = stored(jnp.maximum(v_max.astype(real), v_read), v_max, 2)
+        v_max, v_read = stored(jnp.maximum(v_max.astype(real), v_read), v_max, None)
     root_v = jnp.sqrt(v_read)
     if nesterov:
         m_hat = beta_1 * m_read / s.b1_next_correction + (1 - beta_1) * g / s.b1_correction

@@ -14,11 +14,15 @@ laid out over devices.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from adamx._commit import check_commit, commit_state
+from adamx._validation import check_seed
 
 _U32 = jnp.uint32
 
@@ -38,23 +42,28 @@ def rounding_key(seed: jax.Array, step: jax.Array, stream: int) -> jax.Array:
     return _mix(_mix(seed.astype(_U32) ^ stream_bits) + step.astype(_U32))
 
 
-def _random_bits(key: jax.Array, leaf: int, shape: tuple[int, ...]) -> jax.Array:
-    """uint32 random bits, one word per element, from the key, the leaf and the index."""
+def random_bits(key: jax.Array, leaf: int, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 random bits, one word per element, from the key, the leaf and the index. A
+    stored bfloat16 needs 16 of them: `swap_halves` gives a second, independent draw."""
     index = jnp.zeros(shape, _U32)
     for axis in range(len(shape)):  # the element's row-major index in the whole array
         stride = int(np.prod(shape[axis + 1 :], dtype=np.int64))
         index = index + jax.lax.broadcasted_iota(_U32, shape, axis) * _U32(stride & 0xFFFFFFFF)
     leaf_key = _mix(key + _U32((leaf * 0x85EBCA6B) & 0xFFFFFFFF))
-    return _mix(_mix(index ^ leaf_key) + leaf_key)
+    return _mix(index * _U32(0x9E3779B9) + leaf_key)
 
 
-def round_to(x: jax.Array, dtype: Any, key: jax.Array | None, leaf: int) -> jax.Array:
-    """`x` stored in `dtype`: rounded to nearest where `key` is None or `dtype` is not
-    narrower than `x`'s, else stochastically (unbiased; exact values stay exact)."""
+def swap_halves(bits: jax.Array) -> jax.Array:
+    return (bits << 16) | (bits >> 16)
+
+
+def round_to(x: jax.Array, dtype: Any, bits: jax.Array | None) -> jax.Array:
+    """`x` stored in `dtype`: rounded to nearest where `bits` (from `random_bits`) is None or
+    `dtype` is not narrower than `x`'s, else stochastically (unbiased; exact values stay
+    exact). bfloat16 from float32 reads the top 16 bits, any other pair the top 24."""
     dtype = jnp.dtype(dtype)
-    if key is None or jnp.finfo(dtype).bits >= jnp.finfo(x.dtype).bits:
+    if bits is None or jnp.finfo(dtype).bits >= jnp.finfo(x.dtype).bits:
         return x.astype(dtype)
-    bits = _random_bits(key, leaf, x.shape)
     if x.dtype == jnp.float32 and dtype == jnp.bfloat16:
         # bfloat16 is float32's top half. Adding 16 random bits to the half that is dropped
         # carries into the kept half (one ulp away from zero, as the pattern is sign and
@@ -73,3 +82,69 @@ def round_to(x: jax.Array, dtype: Any, key: jax.Array | None, leaf: int) -> jax.
     fraction = (jnp.abs(x) - low) / (high - low)  # NaN for infinities: never rounds up
     uniform = (bits >> 8).astype(jnp.float32) * np.float32(2.0**-24)
     return jnp.where(uniform < fraction, away, toward_zero)
+
+
+class StochasticRoundParamsState(NamedTuple):
+    steps: jax.Array  # int32[]: updates so far, which the random bits read
+    rounding_seed: jax.Array  # uint32[]
+
+
+def stochastic_round_params(rounding_seed: int) -> optax.GradientTransformationExtraArgs:
+    """Lands each narrow parameter on the stochastic rounding of `p + u`.
+
+    For each leaf whose update `u` is wider than its parameter `p` (float32 updates of
+    bfloat16 or float16 parameters, as `scale_by_keras_adam` gives them with a
+    `rounding_seed`)::
+
+        target = stochastic_round(p + u, p.dtype)     p + u computed in u's dtype
+        emit     target - p                           in u's dtype
+
+    The emitted update is exact, so `optax.apply_updates` (which adds in the wider dtype and
+    casts back) gives `target` exactly; it stays wide for that reason. Other leaves pass
+    through. Rounding to nearest loses every step under half an ulp of `p` (a bfloat16
+    parameter near 1 ignores steps below 2**-9); stochastic rounding keeps them on average.
+    Place it last, after the update has its learning rate, sign and weight decay, as
+    `adamx.adam(rounding_seed=...)` does. Where `commit` is False the counter is kept.
+
+    Args:
+      rounding_seed: an integer in [0, 2**32), kept in the state; with the update count and
+        each element's index it gives the random bits (see `adamx._rounding`).
+    """
+    check_seed("rounding_seed", rounding_seed)
+    seed = np.uint32(rounding_seed)
+
+    def init_fn(params: optax.Params) -> StochasticRoundParamsState:
+        del params
+        return StochasticRoundParamsState(jnp.zeros([], jnp.int32), jnp.asarray(seed))
+
+    def update_fn(
+        updates: optax.Updates,
+        state: StochasticRoundParamsState,
+        params: optax.Params | None = None,
+        *,
+        commit: Any = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, StochasticRoundParamsState]:
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "stochastic_round_params needs `params`: call update(u, state, params)."
+            )
+        key = rounding_key(state.rounding_seed, state.steps, 5)
+        leaves, structure = jax.tree.flatten(updates)
+        treedef = cast(Any, structure)  # jax's stubs lack PyTreeDef's methods
+
+        def land(u: jax.Array, p: jax.Array, leaf: int) -> jax.Array:
+            if jnp.finfo(u.dtype).bits <= jnp.finfo(p.dtype).bits:
+                return u
+            x = p.astype(u.dtype)
+            return round_to(x + u, p.dtype, random_bits(key, leaf, p.shape)).astype(u.dtype) - x
+
+        landed = [
+            land(u, p, i)
+            for i, (u, p) in enumerate(zip(leaves, treedef.flatten_up_to(params), strict=True))
+        ]
+        steps = commit_state(check_commit(commit), optax.safe_increment(state.steps), state.steps)
+        return jax.tree.unflatten(treedef, landed), state._replace(steps=steps)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -112,8 +112,10 @@ def decoupled_weight_decay(
             dtype = compute_dtype(p.dtype)
             x = p.astype(dtype)
             wd, lr = jnp.asarray(weight_decay, dtype), learning_rate.astype(dtype)
-            p_new = ((x - x * wd * lr) + u.astype(dtype)).astype(p.dtype)
-            return p_new - p
+            p_new = (x - x * wd * lr) + u.astype(dtype)
+            if jnp.finfo(u.dtype).bits > jnp.finfo(p.dtype).bits:  # the final rounding is later
+                return (p_new - x).astype(u.dtype)
+            return p_new.astype(p.dtype) - p
 
         mask = decay_mask(params, exclude_from_weight_decay)
         new_updates = jax.tree.map(decay_one, updates, params, mask)

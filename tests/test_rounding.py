@@ -13,8 +13,9 @@ import pytest
 from harness import assert_bit_equal, random_grads, random_params, run_adamx
 
 import adamx
-from adamx._rounding import round_to, rounding_key
+from adamx._rounding import random_bits, round_to, rounding_key, swap_halves
 
+BF16 = jnp.bfloat16
 KEY = rounding_key(jnp.uint32(11), jnp.int32(5), 1)
 
 
@@ -32,7 +33,9 @@ def test_rounds_up_with_the_probability_of_the_distance(
 ) -> None:
     """P(away from zero) = (|x| - |toward zero|) / ulp, so the mean is x (closed form)."""
     n = 200_000
-    rounded = np.asarray(round_to(jnp.full((n,), x, jnp.float32), dtype, KEY, 0), np.float64)
+    rounded = np.asarray(
+        round_to(jnp.full((n,), x, jnp.float32), dtype, random_bits(KEY, 0, (n,))), np.float64
+    )
     low = np.trunc(abs(x) / ulp) * ulp * np.sign(x)
     assert set(np.unique(rounded)) <= {low, low + np.sign(x) * ulp}
     fraction = np.mean(rounded != low)
@@ -46,17 +49,23 @@ def test_representable_and_special_values_are_kept() -> None:
     # 2**-130 is a bfloat16 subnormal, and far below float16's smallest (2**-24): 0 there.
     x = jnp.array([0.0, -0.0, 1.5, -2.0, 2.0**-130, jnp.inf, -jnp.inf, jnp.nan], jnp.float32)
     for dtype in (jnp.bfloat16, jnp.float16):
-        assert_bit_equal(round_to(x, dtype, KEY, 0), x.astype(dtype))
+        assert_bit_equal(round_to(x, dtype, random_bits(KEY, 0, x.shape)), x.astype(dtype))
 
 
 def test_streams_leaves_and_elements_get_independent_bits() -> None:
     x = jnp.full((4096,), 1.0 + 2.0**-8, jnp.float32)  # probability 1/2
+
+    def draw(key: jax.Array, leaf: int = 0, swap: bool = False) -> jax.Array:
+        bits = random_bits(key, leaf, x.shape)
+        return round_to(x, jnp.bfloat16, swap_halves(bits) if swap else bits)
+
     draws = [
-        round_to(x, jnp.bfloat16, KEY, 0),
-        round_to(x, jnp.bfloat16, KEY, 1),  # another leaf
-        round_to(x, jnp.bfloat16, rounding_key(jnp.uint32(11), jnp.int32(5), 2), 0),  # stream
-        round_to(x, jnp.bfloat16, rounding_key(jnp.uint32(11), jnp.int32(6), 1), 0),  # step
-        round_to(x, jnp.bfloat16, rounding_key(jnp.uint32(12), jnp.int32(5), 1), 0),  # seed
+        draw(KEY),
+        draw(KEY, leaf=1),
+        draw(KEY, swap=True),  # the other half of the same word (the second moment's)
+        draw(rounding_key(jnp.uint32(11), jnp.int32(5), 2)),  # another stream
+        draw(rounding_key(jnp.uint32(11), jnp.int32(6), 1)),  # another step
+        draw(rounding_key(jnp.uint32(12), jnp.int32(5), 1)),  # another seed
     ]
     ups = [np.asarray(d, np.float32) > 1.0 for d in draws]
     for i in range(len(ups)):
@@ -136,3 +145,47 @@ def test_resume_from_an_orbax_checkpoint_is_bit_identical(tmp_path: Path) -> Non
 def test_rejects_bad_seeds(seed: Any) -> None:
     with pytest.raises((TypeError, ValueError), match="`rounding_seed` must be None or an integer"):
         adamx.adam(rounding_seed=seed)
+
+
+def test_bfloat16_parameters_land_on_a_neighbour_of_the_float32_result() -> None:
+    """The first step from zero moments is the same for float32 and bfloat16 parameters (the
+    arithmetic is float32): the bfloat16 result is one of the two bfloat16 neighbours of the
+    float32 one, the upper one with the probability of the distance."""
+    n = 100_000
+    start = jnp.full((n,), 1.0, jnp.float32)
+    grads = jnp.full((n,), -1.0, jnp.float32)  # step +lr: far below bfloat16's ulp at 1
+    lr = 2.0**-10  # 1/8 of bfloat16's ulp (2**-7) above 1
+    wide = adamx.adam(lr, rounding_seed=0)
+    updates, _ = wide.update(grads, wide.init(start), start)
+    expected = np.asarray(start + updates, np.float64)  # 1 + about 2**-10
+    narrow = adamx.adam(lr, rounding_seed=0)
+    p = start.astype(jnp.bfloat16)
+    updates, _ = narrow.update(grads.astype(jnp.bfloat16), narrow.init(p), p)
+    assert updates.dtype == jnp.float32
+    landed = np.asarray(optax.apply_updates(p, updates), np.float64)
+    assert set(np.unique(landed)) == {1.0, 1.0 + 2.0**-7}
+    up = (expected[0] - 1.0) / 2.0**-7
+    assert abs(np.mean(landed > 1.0) - up) < 5 * np.sqrt(up * (1 - up) / n)
+
+
+def test_bfloat16_parameters_keep_moving_where_round_to_nearest_stalls() -> None:
+    """200 steps of about 1e-4 (Adam's normalised step) on bfloat16 parameters at 1: under half
+    an ulp (2**-8), so round-to-nearest never moves; stochastic rounding follows float32
+    master weights on average."""
+    n, steps, lr = 4096, 200, 1e-4
+    grads = {"w": jnp.full((n,), -1.0)}
+    results = {}
+    for name, dtype, seed in [("f32", jnp.float32, None), ("rne", BF16, None), ("sr", BF16, 1)]:
+        tx = adamx.adam(lr, rounding_seed=seed)
+        params = {"w": jnp.ones(n, dtype)}
+        step = jax.jit(tx.update)
+        state, g = tx.init(params), {"w": grads["w"].astype(dtype)}
+        for _ in range(steps):
+            updates, state = step(g, state, params)
+            params = optax.apply_updates(params, updates)
+        results[name] = np.asarray(params["w"], np.float64)
+    movement = results["f32"].mean() - 1.0
+    assert movement == pytest.approx(steps * lr, rel=0.01)
+    assert (results["rne"] == 1.0).all()
+    sigma = np.sqrt(2.0**-7 * movement / n)  # each element's rounding noise: ulp x movement
+    assert abs(results["sr"].mean() - results["f32"].mean()) < 5 * sigma < 0.1 * movement

@@ -136,6 +136,11 @@ TABLE: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, list[tuple[
             "rounding_seed": SEEDS,
         },
     ),
+    "stochastic_round_params": (
+        adamx.stochastic_round_params,
+        {"rounding_seed": 0},
+        {"rounding_seed": SEEDS},
+    ),
     "static_loss_scale": (
         adamx.static_loss_scale,
         {"inner": INNER, "loss_scale_factor": 2.0},
