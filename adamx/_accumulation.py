@@ -22,6 +22,21 @@ class AccumulateGradientsState(NamedTuple):
     inner_state: Any  # the wrapped optimizer's state
 
 
+def _added(grads: list[Any], sums: list[Any], carry: jax.Array, present: list[bool]) -> list[Any]:
+    """Each gradient added to its sum (to zero where `carry` is False), in float32 at least
+    and stored in the sum's dtype; a missing gradient's sum is kept."""
+
+    def add(g: Any, acc: jax.Array, carry: jax.Array) -> jax.Array:
+        dtype = jnp.result_type(compute_dtype(real_dtype(acc.dtype)), acc.dtype)
+        total = jnp.where(carry, acc, jnp.zeros_like(acc)).astype(dtype)
+        return (total + jnp.asarray(g, dtype)).astype(acc.dtype)
+
+    return [
+        add(g, acc, c) if keep else acc
+        for g, acc, c, keep in zip(grads, sums, carry, present, strict=True)
+    ]
+
+
 def accumulate_gradients(
     inner: optax.GradientTransformation,
     gradient_accumulation_steps: int,
@@ -105,18 +120,8 @@ def accumulate_gradients(
         treedef = cast(Any, structure)  # jax's stubs lack PyTreeDef's methods
         sums = treedef.flatten_up_to(state.acc_grads)
         present = [True] * len(grads) if has_gradient is None else jax.tree.leaves(has_gradient)
-
-        def add(g: Any, acc: jax.Array, carry: jax.Array) -> jax.Array:
-            dtype = jnp.result_type(compute_dtype(real_dtype(acc.dtype)), acc.dtype)
-            total = jnp.where(carry, acc, jnp.zeros_like(acc)).astype(dtype)
-            return (total + jnp.asarray(g, dtype)).astype(acc.dtype)
-
-        added = [
-            add(g, acc, carry) if keep else acc
-            for g, acc, carry, keep in zip(grads, sums, state.carry, present, strict=True)
-        ]
         # The mean is taken from the accumulator as stored, the one buffer XLA updates.
-        sums = commit_state(commit, added, sums)
+        sums = commit_state(commit, _added(grads, sums, state.carry, present), sums)
         if hand_down and all(
             jnp.result_type(g) == acc.dtype in (jnp.float32, jnp.float64)
             for g, acc in zip(grads, sums, strict=True)
@@ -128,13 +133,10 @@ def accumulate_gradients(
                 (acc / steps).astype(jnp.result_type(g)) for g, acc in zip(grads, sums, strict=True)
             ]
         means = [m if keep else g for m, g, keep in zip(means, grads, present, strict=True)]
+        real = both(commit, real_update)
+        inner_updates = treedef.unflatten(means)
         new_updates, inner_state = update_committed(
-            inner,
-            both(commit, real_update),
-            treedef.unflatten(means),
-            state.inner_state,
-            params,
-            **extra_args,
+            inner, real, inner_updates, state.inner_state, params, **extra_args
         )
         carry = jnp.where(jnp.asarray(present, jnp.bool_), ~real_update, state.carry)
         return new_updates, AccumulateGradientsState(

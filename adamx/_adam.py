@@ -37,13 +37,15 @@ def _check_name(name: Any) -> None:
         )
 
 
-def _check_has_effect(name: str, value: Any, enabled: bool, needs: str) -> None:
-    """Keras ignores settings of a feature that is off; here they are errors."""
-    if value is not None and not enabled:
-        raise ValueError(
-            f"`{name}` has no effect without `{needs}`; set `{needs}` or drop `{name}`. "
-            "(Keras ignores such settings silently.)"
-        )
+def _check_has_effect(*settings: tuple[str, Any, Any, str]) -> None:
+    """`(name, value, feature, needs)`: a value for a feature that is off (None) is an error
+    (Keras ignores such settings silently)."""
+    for name, value, feature, needs in settings:
+        if value is not None and feature is None:
+            raise ValueError(
+                f"`{name}` has no effect without `{needs}`; set `{needs}` or drop `{name}`. "
+                "(Keras ignores such settings silently.)"
+            )
 
 
 def _checked_and_named(
@@ -150,18 +152,12 @@ def adam(
       >>> optax.apply_updates(params, updates)
       Array([0.50000495, 1.5000036 , 2.5000036 , 3.500004  ], dtype=float32)
     """
-    has_decay, accumulates = weight_decay is not None, gradient_accumulation_steps is not None
-    _check_has_effect(
-        "exclude_from_weight_decay", exclude_from_weight_decay, has_decay, "weight_decay"
-    )
-    _check_has_effect(
-        "accumulation_dtype", accumulation_dtype, accumulates, "gradient_accumulation_steps"
-    )
+    accumulation = gradient_accumulation_steps
     check_bool("use_ema", use_ema)
     check_bool("skip_nonfinite", skip_nonfinite)
     _check_name(name)
     schedule = learning_rate_schedule(learning_rate)
-    rate = at_keras_step(schedule, gradient_accumulation_steps)  # read at Keras's raw counter
+    rate = at_keras_step(schedule, accumulation)  # read at Keras's raw counter
 
     # Keras's recipe (spec, section 3), one line per feature, the spec's step on the right.
     real_update = [
@@ -190,26 +186,27 @@ def adam(
     if rounding_seed is not None:  # beyond Keras: narrow parameters land stochastically
         real_update.append(stochastic_round_params(rounding_seed))
     update = commit_chain(*real_update)
-    if gradient_accumulation_steps is not None:  # 5. sum N calls, update with the mean
-        update = accumulate_gradients(
-            update, gradient_accumulation_steps, accumulation_dtype=accumulation_dtype
-        )
+    if accumulation is not None:  # 5. sum N calls, update with the mean
+        update = accumulate_gradients(update, accumulation, accumulation_dtype=accumulation_dtype)
     if loss_scale_factor is not None:  # 4. unscale
         update = static_loss_scale(update, loss_scale_factor)
     # 10, 11. EMA of every parameter and its overwrite; its arguments are checked even when off.
-    steps = gradient_accumulation_steps or 1
     ema = ema_of_params(
         ema_momentum,
         ema_overwrite_frequency,
-        steps_per_update=steps,
+        steps_per_update=accumulation or 1,
         ema_dtype=ema_dtype,
         rounding_seed=rounding_seed,
     )
-    _check_has_effect("ema_overwrite_frequency", ema_overwrite_frequency, use_ema, "use_ema=True")
-    _check_has_effect("ema_dtype", ema_dtype, use_ema, "use_ema=True")
+    _check_has_effect(
+        ("exclude_from_weight_decay", exclude_from_weight_decay, weight_decay, "weight_decay"),
+        ("accumulation_dtype", accumulation_dtype, accumulation, "gradient_accumulation_steps"),
+        ("ema_overwrite_frequency", ema_overwrite_frequency, use_ema or None, "use_ema=True"),
+        ("ema_dtype", ema_dtype, use_ema or None, "use_ema=True"),
+    )
     # Keras's `optimizer.learning_rate` reads a schedule at the raw counter, which micro-steps
     # advance (without them, or for a constant, it is the Adam state's `next_learning_rate`).
-    accumulates_a_schedule = gradient_accumulation_steps is not None and callable(learning_rate)
+    accumulates_a_schedule = accumulation is not None and callable(learning_rate)
     keras_rate = keras_learning_rate(schedule) if accumulates_a_schedule else None
     # 2. a parameter whose gradient is None gets no update (it still takes part in the EMA)
     tx = commit_chain(
