@@ -179,15 +179,11 @@ def scale_by_keras_adam(
         nu_max = state.nu_max if amsgrad else state.nu
         trees = (updates, state.mu, state.nu, nu_max, leaf_index)
         out, mu, nu, nu_max = tree_map_multi(one_leaf, 4, *trees)
-        counters = commit_state(commit, (step, rate(step)), (state.count, state.next_learning_rate))
-        return out, ScaleByKerasAdamState(
-            count=counters[0],
-            next_learning_rate=counters[1],
-            mu=mu,
-            nu=nu,
-            nu_max=nu_max if amsgrad else None,
-            rounding_seed=seed,
+        count, next_rate = commit_state(
+            commit, (step, rate(step)), (state.count, state.next_learning_rate)
         )
+        nu_max = nu_max if amsgrad else None
+        return out, ScaleByKerasAdamState(count, next_rate, mu, nu, nu_max, seed)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
