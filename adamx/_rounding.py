@@ -60,9 +60,11 @@ def swap_halves(bits: jax.Array) -> jax.Array:
 def round_to(x: jax.Array, dtype: Any, bits: jax.Array | None) -> jax.Array:
     """`x` stored in `dtype`: rounded to nearest where `bits` (from `random_bits`) is None or
     `dtype` is not narrower than `x`'s, else stochastically (unbiased; exact values stay
-    exact). bfloat16 from float32 reads the top 16 bits, any other pair the top 24."""
+    exact). bfloat16 from float32 reads the top 16 bits, any other pair the top 24; complex
+    values round to nearest."""
     dtype = jnp.dtype(dtype)
-    if bits is None or jnp.finfo(dtype).bits >= jnp.finfo(x.dtype).bits:
+    narrower = jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits
+    if bits is None or not narrower or jnp.iscomplexobj(x):
         return x.astype(dtype)
     if x.dtype == jnp.float32 and dtype == jnp.bfloat16:
         # bfloat16 is float32's top half. Adding 16 random bits to the half that is dropped

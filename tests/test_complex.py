@@ -118,3 +118,20 @@ def test_complex_parameters_converge_on_a_parabola() -> None:
         updates, state = tx.update(jnp.conj(jax.grad(loss)(z)), state, z)
         z = optax.apply_updates(z, updates)
     np.testing.assert_allclose(z, c, atol=1e-3)
+
+
+def test_narrow_moments_with_a_rounding_seed_round_complex_values_to_nearest() -> None:
+    """complex128 parameters with bfloat16 moments: `m` is stored complex64 (rounded to
+    nearest, the rule for complex values) and `v` bfloat16 (rounded stochastically); the
+    result agrees with the float64 reference to bfloat16's precision."""
+    with jax.enable_x64(True):
+        params = jnp.asarray([1.0 + 2.0j, -0.5 + 0.25j], jnp.complex128)
+        tx = adamx.adam(0.1, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, rounding_seed=0)
+        state = tx.init(params)
+        updates, state = jax.jit(tx.update)(params, state, params)
+        adam_state = find_state(state, adamx.ScaleByKerasAdamState)
+        assert adam_state.mu.dtype == jnp.complex64 and adam_state.nu.dtype == jnp.bfloat16
+        # First step from zero moments: m = 0.1 g, v = 0.001 |g|^2, so the step is
+        # lr * sqrt(0.001) / 0.1 * g / |g| = lr * g / |g| (epsilon aside), g = params.
+        expected = -0.1 * np.asarray(params) / np.abs(np.asarray(params))
+        np.testing.assert_allclose(np.asarray(updates), expected, rtol=2.0**-7)
