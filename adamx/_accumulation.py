@@ -79,6 +79,12 @@ def accumulate_gradients(
       `adamx.adam` re-indexes the learning-rate schedule (`at_keras_step`) and gives the EMA,
       which runs on every call, `steps_per_update=N`.
 
+    Args:
+      inner: the optimizer that makes the real update.
+      gradient_accumulation_steps: `N`, an integer >= 2.
+      accumulation_dtype: storage dtype of the sums; None: float32, or float64 if a parameter
+        is.
+
     Example:
       >>> import jax.numpy as jnp, optax, adamx
       >>> tx = adamx.accumulate_gradients(optax.identity(), 2)

@@ -113,6 +113,7 @@ def adam(
             g <- clip(g)                               clip_by_norm | _by_value | _by_global_norm
             m, v, step = (m*alpha) / (sqrt(v) + eps)   scale_by_keras_adam (lr inside alpha)
             p <- (p - p*weight_decay*lr) - step        decoupled_weight_decay
+            p <- stochastic round of p (with a seed)   stochastic_round_params
         avg <- EMA of p; every f updates p <- avg      ema_of_params
 
     `learning_rate` is a number (an `int` is fine), an optax schedule, a Keras

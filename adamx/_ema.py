@@ -12,7 +12,7 @@ import optax
 from adamx._commit import check_commit, commit_state
 from adamx._rounding import random_bits, round_to, rounding_key
 from adamx._state import find_state
-from adamx._trees import as_arrays, check_same_structure, compute_dtype, zeros_in
+from adamx._trees import as_arrays, check_same_structure, compute_dtype, leaf_indices, zeros_in
 from adamx._validation import check_dtype, check_int, check_real, check_seed
 
 
@@ -53,6 +53,14 @@ def ema_of_params(
     to nearest, or stochastically given `rounding_seed` (see `adamx.scale_by_keras_adam`).
     Read the average with `adamx.ema_params(state)`. Given `commit` (see `adamx._commit`), a
     call where it is False keeps the state and passes the updates through (no overwrite).
+
+    Args:
+      ema_momentum: weight of the old average, in [0, 1].
+      ema_overwrite_frequency: None, or an integer >= 1: overwrite every that many updates.
+      steps_per_update: calls per real update (the accumulation steps), an integer >= 1.
+      ema_dtype: storage dtype of the average; None keeps the parameters'.
+      rounding_seed: None (round to nearest) or an integer in [0, 2**32): round the stored
+        average stochastically (`adamx._rounding`).
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -95,9 +103,7 @@ def ema_of_params(
         k = state.calls // steps_per_update
         calls = commit_state(commit, optax.safe_increment(state.calls), state.calls)
         key = None if state.rounding_seed is None else rounding_key(state.rounding_seed, calls, 4)
-        leaf_index = jax.tree.unflatten(
-            jax.tree.structure(state.average), range(len(jax.tree.leaves(state.average)))
-        )
+        leaf_index = leaf_indices(state.average)
 
         def blend(avg: jax.Array, p: jax.Array, leaf: int) -> jax.Array:
             dtype = compute_dtype(avg.dtype, p.dtype)

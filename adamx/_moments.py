@@ -17,6 +17,7 @@ from adamx._trees import (
     check_floating,
     check_same_structure,
     compute_dtype,
+    leaf_indices,
     real_dtype,
     tree_map_multi,
     zeros_in,
@@ -163,9 +164,7 @@ def scale_by_keras_adam(
         seed = state.rounding_seed
         key = None if seed is None else rounding_key(seed, step, 1)
         hyper = (beta_1, beta_2, epsilon, amsgrad, nesterov, commit, key)
-        leaf_index = jax.tree.unflatten(
-            jax.tree.structure(state.nu), range(len(jax.tree.leaves(state.nu)))
-        )
+        leaf_index = leaf_indices(state.nu)
 
         def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: Any, leaf: int) -> tuple:
             # The update takes the parameters' dtype: the one `nu` has, unless `nu_dtype` sets

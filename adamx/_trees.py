@@ -114,6 +114,12 @@ def compute_dtype(*dtypes: Any) -> jnp.dtype:
     return jnp.result_type(jnp.float32, *dtypes)
 
 
+def leaf_indices(tree: Any) -> Any:
+    """`tree` with each leaf replaced by its position in `jax.tree.leaves(tree)`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, range(len(leaves)))
+
+
 def tree_map_multi(
     fn: Callable[..., tuple[Any, ...]], n_outputs: int, tree: Any, *rest: Any
 ) -> tuple[Any, ...]:
