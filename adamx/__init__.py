@@ -20,7 +20,7 @@ from adamx._missing_gradients import skip_missing_gradients
 from adamx._moments import ScaleByKerasAdamState, scale_by_keras_adam
 from adamx._nonfinite import SkipNonFiniteState, skip_nonfinite_updates
 from adamx._rounding import StochasticRoundParamsState, stochastic_round_params
-from adamx._sharding import state_shardings
+from adamx._sharding import sharding_report, state_shardings
 from adamx._state import current_learning_rate, iterations
 from adamx._weight_decay import (
     DecoupledWeightDecayState,
@@ -66,6 +66,7 @@ __all__ = [
     "loss_scale_optimizer",
     "scale_by_keras_adam",
     "scale_loss",
+    "sharding_report",
     "skip_missing_gradients",
     "skip_nonfinite_updates",
     "state_shardings",

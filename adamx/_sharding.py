@@ -1,7 +1,8 @@
-"""Shardings for an optimizer state, derived from the parameters' shardings."""
+"""Shardings for an optimizer state: like the parameters, or also split over a data axis."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -9,6 +10,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from adamx._trees import path_str
+
+# Leaves smaller than this (elements) stay whole under `shard_over`: 64 KiB of float32, where a
+# collective's fixed cost outweighs the bytes it saves.
+MIN_SHARD_SIZE = 2**14
 
 
 def _replicated_like(sharding: Sharding) -> Sharding:
@@ -35,16 +40,69 @@ def _param_shardings(params: optax.Params) -> Any:
     return jax.tree_util.tree_map_with_path(sharding_of, params)
 
 
-def state_shardings(tx: optax.GradientTransformation, params: optax.Params) -> Any:
+def _full_spec(sharding: NamedSharding, ndim: int) -> tuple[Any, ...]:
+    return tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+
+
+def _axis_size(sharding: NamedSharding, entry: Any) -> int:
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(sharding.mesh.shape[name] for name in names if name is not None)
+
+
+def _like_param(leaf: Any, param: Any, sharding: Sharding, replicated: Sharding) -> Sharding:
+    """A parameter's own sharding for a leaf of its shape; for a leaf of its rank but other
+    sizes (per-block scales), the parameter's spec on every dimension its axes still divide."""
+    if leaf.shape == param.shape:
+        return sharding
+    if leaf.ndim != param.ndim or not isinstance(sharding, NamedSharding):
+        return replicated
+    spec = zip(_full_spec(sharding, leaf.ndim), leaf.shape, strict=True)
+    kept = [e if n % _axis_size(sharding, e) == 0 else None for e, n in spec]
+    return NamedSharding(sharding.mesh, PartitionSpec(*kept))
+
+
+def _split_over(axis: str, min_size: int, sharding: Sharding, leaf: Any) -> Sharding:
+    """`sharding` with `axis` added on the first unsharded dimension that the axis divides;
+    unchanged for a leaf under `min_size` elements, already split over `axis`, or with no such
+    dimension."""
+    if not isinstance(sharding, NamedSharding) or math.prod(leaf.shape) < min_size:
+        return sharding
+    spec = _full_spec(sharding, leaf.ndim)
+    if any(axis in (e if isinstance(e, tuple) else (e,)) for e in spec):
+        return sharding
+    size = sharding.mesh.shape[axis]
+    for dim, (entry, n) in enumerate(zip(spec, leaf.shape, strict=True)):
+        if entry is None and n % size == 0:
+            return NamedSharding(sharding.mesh, PartitionSpec(*spec[:dim], axis, *spec[dim + 1 :]))
+    return sharding
+
+
+def state_shardings(
+    tx: optax.GradientTransformation,
+    params: optax.Params,
+    *,
+    shard_over: str | None = None,
+    min_shard_size: int = MIN_SHARD_SIZE,
+) -> Any:
     """The sharding of every leaf of `tx.init(params)`, without running it.
 
-    A state leaf in a copy of the parameter tree (Adam's moments, v-hat, the EMA average, the
-    gradient accumulator; found as `optax.tree_map_params` finds them) gets its parameter's
-    sharding; every other leaf (counters, the learning rate, the loss scale) is replicated on
-    the parameters' mesh. Use it where sharding cannot follow from the data:
-    `jax.jit(tx.init, out_shardings=state_shardings(tx, params))` on meshes with
-    `AxisType.Auto` axes (there `jax.jit(tx.init)` replicates, as it does for any optax
-    optimizer), and as the target when restoring a checkpoint onto a mesh::
+    By default the state follows the parameters: a state leaf in a copy of the parameter tree
+    (Adam's moments, v-hat, the EMA average, the gradient accumulator, a lower-precision or
+    quantised copy; found as `optax.tree_map_params` finds them) gets its parameter's sharding
+    (a leaf of its rank with other sizes, such as per-block scales, keeps the parameter's spec
+    where the sizes allow); every other leaf (counters, the learning rate, the loss scale) is
+    replicated on the parameters' mesh.
+
+    With `shard_over="data"` the state is also split over that mesh axis while the parameters
+    stay as they are: ZeRO stage 1, for data parallelism with replicated parameters. Each leaf
+    of at least `min_shard_size` elements is split along its first dimension that is not
+    sharded yet and that the axis size divides; smaller leaves, leaves with no such dimension,
+    and counters stay replicated over the axis (`sharding_report` lists them). Under `jax.jit`
+    the step then reduces the gradients, updates each device's shard, and gathers the new
+    parameters, with the same arithmetic as on one device.
+
+    Use it for `jax.jit(tx.init, out_shardings=state_shardings(tx, params))`, for the state's
+    `out_shardings` of a train step, and as the target when restoring a checkpoint::
 
         target = jax.tree.map(
             lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
@@ -52,20 +110,74 @@ def state_shardings(tx: optax.GradientTransformation, params: optax.Params) -> A
             jax.eval_shape(tx.init, params), adamx.state_shardings(tx, params))
 
     Works for any optax transformation that `optax.tree_map_params` works for (optax's own and
-    adamx's do). `params` may be arrays or `jax.ShapeDtypeStruct`s with a `sharding`; eager
-    `tx.init(params)`, and `jax.jit(tx.init)` on `AxisType.Explicit` meshes, already shard the
-    state this way.
+    adamx's do). Without `shard_over`, eager `tx.init(params)` and `jax.jit(tx.init)` on
+    `AxisType.Explicit` meshes already shard the state this way; on `AxisType.Auto` meshes
+    `jax.jit(tx.init)` replicates, as it does for any optax optimizer.
+
+    Args:
+      tx: the optimizer.
+      params: the parameters, as jax.Arrays or `jax.ShapeDtypeStruct`s with a sharding.
+      shard_over: a mesh axis name of the parameters' mesh to split the state over, or None.
+      min_shard_size: the fewest elements a leaf must have to be split over `shard_over`.
     """
     param_shardings = _param_shardings(params)
     sharding_leaves = jax.tree.leaves(param_shardings)
     if not sharding_leaves:
         raise ValueError("state_shardings needs at least one parameter.")
     replicated = _replicated_like(sharding_leaves[0])
-    return optax.tree_map_params(
+    shapes = jax.eval_shape(tx.init, params)
+    shardings = optax.tree_map_params(
         tx,
-        lambda leaf, param, sharding: sharding if leaf.shape == param.shape else replicated,
-        jax.eval_shape(tx.init, params),
+        lambda leaf, param, sharding: _like_param(leaf, param, sharding, replicated),
+        shapes,
         params,
         param_shardings,
         transform_non_params=lambda _: replicated,
     )
+    if shard_over is None:
+        return shardings
+    _check_axis(shard_over, replicated, min_shard_size)
+    return jax.tree.map(
+        lambda sharding, leaf: _split_over(shard_over, min_shard_size, sharding, leaf),
+        shardings,
+        shapes,
+    )
+
+
+def _check_axis(axis: Any, replicated: Sharding, min_size: Any) -> None:
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
+        raise ValueError(f"min_shard_size must be an integer >= 1; got {min_size!r}.")
+    mesh = getattr(replicated, "mesh", None)
+    if mesh is None or axis not in mesh.axis_names:
+        names = tuple(mesh.axis_names) if mesh is not None else ()
+        raise ValueError(
+            f"shard_over must name an axis of the parameters' mesh {names}; got {axis!r}. "
+            f"Place the parameters with a NamedSharding on a mesh with that axis."
+        )
+
+
+def sharding_report(tree: Any) -> str:
+    """A table of a placed tree: each leaf's shape, dtype, partition spec and bytes per device.
+
+    `tree` holds jax.Arrays or `jax.ShapeDtypeStruct`s with a sharding (for example
+    `jax.eval_shape(tx.init, params)` with `state_shardings`' shardings attached). The last
+    line gives the largest per-device total and lists the leaves that are whole on every
+    device. Bytes per device are the shard's: `sharding.shard_shape(shape)`.
+
+    Args:
+      tree: the arrays or shapes to describe.
+    """
+    rows, total, whole = [], 0, []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        sharding = leaf.sharding
+        nbytes = math.prod(sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+        total += nbytes
+        spec = getattr(sharding, "spec", "single device")
+        if leaf.ndim and sharding.is_fully_replicated:
+            whole.append(path_str(path))
+        rows.append(
+            f"{path_str(path):48s} {leaf.shape!s:16s} {leaf.dtype!s:9s} {spec!s:24s} {nbytes}"
+        )
+    header = f"{'leaf':48s} {'shape':16s} {'dtype':9s} {'spec':24s} bytes/device"
+    footer = f"total: {total} bytes per device; whole on every device: {', '.join(whole) or 'none'}"
+    return "\n".join([header, *rows, footer])

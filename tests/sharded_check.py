@@ -263,13 +263,14 @@ def check_data_parallel() -> None:
         assert deviation <= 1e-5, (label, deviation)  # the batch mean's summation order
 
 
-def check_readme_snippet() -> None:
+def check_readme_snippets() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Sharding") :]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert code is not None
-    exec(compile(code.group(1), "README.md#sharding", "exec"), {})
-    print(f"--- README sharding snippet ran on {jax.device_count()} devices")
+    for heading in ("### Sharding", "#### ZeRO"):
+        section = readme[readme.index(heading) :]
+        code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+        assert code is not None
+        exec(compile(code.group(1), f"README.md ({heading})", "exec"), {})
+        print(f"--- README snippet {heading!r} ran on {jax.device_count()} devices")
 
 
 def check_grouping_refuses_sharded() -> None:
@@ -296,7 +297,7 @@ def main() -> None:
         check_global_norm(layout)
     check_contract_configs()
     check_data_parallel()
-    check_readme_snippet()
+    check_readme_snippets()
     check_grouping_refuses_sharded()
     print("sharded checks ok")
 

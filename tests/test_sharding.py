@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import adamx
+from adamx._trees import path_str
 
 # The child imports the same adamx as this process: the checkout, not an installed copy.
 ROOT = os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])
@@ -60,3 +61,63 @@ def test_sharded_training_on_8_simulated_devices() -> None:
     print(result.stdout)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "sharded checks ok" in result.stdout
+
+
+def one_device_params() -> dict[str, jax.Array]:
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    params = {"w": jnp.ones((64, 8)), "b": jnp.zeros(8)}
+    return jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+
+
+def test_shard_over_splits_the_large_leaves_only() -> None:
+    params = one_device_params()
+    tx = adamx.adam(use_ema=True)
+    shardings = adamx.state_shardings(tx, params, shard_over="data", min_shard_size=64)
+    specs = {
+        path_str(path): sharding.spec
+        for path, sharding in jax.tree_util.tree_leaves_with_path(shardings)
+    }
+
+    def spec(suffix: str) -> PartitionSpec:
+        (found,) = [v for k, v in specs.items() if k.endswith(suffix)]
+        return found
+
+    assert spec("mu/w") == spec("nu/w") == spec("average/w") == PartitionSpec("data", None)
+    assert spec("mu/b") == spec("/count") == spec("/calls") == PartitionSpec()
+    state = jax.jit(tx.init, out_shardings=shardings)(params)
+    report = adamx.sharding_report(state)
+    assert "0/mu/w" in report and f"{64 * 8 * 4}" in report
+    assert f"total: {sum(leaf.nbytes for leaf in jax.tree.leaves(state))} bytes" in report
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"shard_over": "model"}, r"shard_over must name an axis of .*\('data',\); got 'model'"),
+        ({"shard_over": "data", "min_shard_size": 0}, "min_shard_size must be an integer >= 1"),
+    ],
+)
+def test_shard_over_checks_its_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        adamx.state_shardings(adamx.adam(), one_device_params(), **kwargs)
+
+
+def test_shard_over_needs_a_mesh() -> None:
+    with pytest.raises(ValueError, match=r"shard_over must name an axis of .*\(\); got 'data'"):
+        adamx.state_shardings(adamx.adam(), {"w": jnp.ones(3)}, shard_over="data")
+
+
+def test_zero_state_sharding_on_8_simulated_devices() -> None:
+    """State bytes per device, the compiled step's collectives and memory, 20 steps' numbers."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, "zero_check.py"],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "ZeRO checks ok" in result.stdout
