@@ -40,7 +40,7 @@ def join(process_id: int, num_processes: int, port: int) -> None:
         num_processes=num_processes,
         process_id=process_id,
         initialization_timeout=60,
-        heartbeat_timeout_seconds=10,
+        heartbeat_timeout_seconds=30,
         shutdown_timeout_seconds=30,
     )
 
