@@ -228,7 +228,7 @@ def table(results: dict[str, dict[str, list[Run]]]) -> str:
             finals = [r.curve[-1][1] for r in runs]
             seconds = np.mean([r.step_seconds for r in runs])
             lines.append(
-                f"| {name} | {np.mean(finals):.4f} ± {np.std(finals):.4f} "
+                f"| {name} | {np.mean(finals):.5g} ± {np.std(finals):.2g} "
                 f"| {np.mean(finals) / base_loss - 1:+.2%} "
                 f"| {np.mean([r.state_bytes_per_param for r in runs]):.2f} "
                 f"| {seconds * 1e3:.1f} ms ({seconds / base_time:.2f}x) |"
