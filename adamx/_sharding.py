@@ -55,6 +55,13 @@ def state_shardings(tx: optax.GradientTransformation, params: optax.Params) -> A
     adamx's do). `params` may be arrays or `jax.ShapeDtypeStruct`s with a `sharding`; eager
     `tx.init(params)`, and `jax.jit(tx.init)` on `AxisType.Explicit` meshes, already shard the
     state this way.
+
+    Args:
+      tx: the optimizer (any optax transformation `optax.tree_map_params` handles).
+      params: the parameters, placed arrays or `jax.ShapeDtypeStruct`s with a `sharding`.
+
+    Returns:
+      A pytree of shardings shaped like `tx.init(params)`.
     """
     param_shardings = _param_shardings(params)
     sharding_leaves = jax.tree.leaves(param_shardings)
