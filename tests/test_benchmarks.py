@@ -54,7 +54,7 @@ def test_every_option_has_help_and_shows_its_default() -> None:
     parser = benchmarks.parser()
     options = [action for action in parser._actions if action.option_strings]
     assert all(action.help for action in options)
-    text = parser.format_help()
+    text = " ".join(parser.format_help().split())
     assert "(default: one_tensor transformer many_small)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "interquartile range" in text
