@@ -210,3 +210,22 @@ def test_every_argument_is_documented(function: str) -> None:
     assert documented == set(inspect.signature(obj).parameters)
     assert not re.search(r"adamx\._\w+|adamx/README", doc)
     assert obj.__module__ == "adamx"
+
+
+def test_the_benchmark_figure_draws_the_table(tmp_path: Path) -> None:
+    """`docs/_static/benchmark.svg` shows the rows of the results table in
+    `docs/performance.md`; `docs/figures.py` redraws it from them."""
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import figures
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    rows = figures.results(ROOT / "docs" / "performance.md")
+    assert len(rows) >= 10 and rows[0] == ("optax.adam", [1.0, 1.0, 1.0])
+    committed = (ROOT / "docs" / "_static" / "benchmark.svg").read_text()
+    redrawn = tmp_path / "benchmark.svg"
+    figures.draw(rows, redrawn)
+    for optimizer, _ in rows:
+        label = optimizer.replace("&", "&amp;")
+        assert label in committed and label in redrawn.read_text()
