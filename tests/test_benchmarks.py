@@ -16,7 +16,7 @@ from adamx import benchmarks
 
 def test_main_writes_a_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    argv = ["--trees", "many_small", "--scale", "0.005", "--repeats", "1", "--no-torch"]
+    argv = ["--quick", "--trees", "many_small", "--scale", "0.005", "--repeats", "1", "--no-torch"]
     assert benchmarks.main([*argv, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     rows = data["results"]
@@ -38,7 +38,7 @@ def test_main_writes_a_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_only_keeps_the_matching_optimizers_and_the_baseline(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    argv = ["--trees", "many_small", "--scale", "0.005", "--repeats", "1", "--only", "grouped"]
+    argv = ["--quick", "--trees", "many_small", "--scale", "0.005", "--only", "grouped"]
     assert benchmarks.main([*argv, "--json", str(out)]) == 0
     names = [row["optimizer"] for row in json.loads(out.read_text())["results"]]
     assert names == ["optax.adam", "adamx grouped", "adamx grouped, leaf grads"]
