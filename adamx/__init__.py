@@ -74,3 +74,10 @@ __all__ = [
     "stochastic_round_params",
     "ungroup",
 ]
+
+# `help(adamx.adam)` and the API reference name the public module, not the private one each
+# function is written in.
+for _name in __all__:
+    if callable(_function := globals()[_name]) and hasattr(_function, "__code__"):
+        _function.__module__ = __name__
+del _name, _function

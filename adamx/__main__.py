@@ -20,10 +20,19 @@ def positive_int(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    main_parser = argparse.ArgumentParser(prog="python -m adamx", description=__doc__)
-    commands = main_parser.add_subparsers(dest="command", required=True, metavar="demo")
+    main_parser = argparse.ArgumentParser(
+        prog="python -m adamx",
+        description="adamx: Keras 3's Adam as composable Optax transformations. Without a "
+        "command, prints this help.",
+        epilog="Example: python -m adamx demo --steps 500 --compare-keras",
+    )
+    commands = main_parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     demo = commands.add_parser(
-        "demo", help="train a small Flax model with adamx.adam", description=__doc__
+        "demo",
+        help="train a small Flax model with adamx.adam (needs the demo extra: flax, matplotlib, "
+        "keras)",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--steps", type=positive_int, default=2000, help="training steps (>= 1)")
     demo.add_argument("--seed", type=int, default=0, help="random seed for data and weights")
@@ -41,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command is None:  # bare `python -m adamx`: say what there is to run
+        parser().print_help()
+        return 0
     if args.out.exists() and not args.out.is_dir():
         parser().error(f"--out must be a folder, and {args.out} is a file")
     try:

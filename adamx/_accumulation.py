@@ -58,8 +58,8 @@ def accumulate_gradients(
     - Not `optax.MultiSteps`, whose arithmetic is the same: it runs the inner update on every
       call and selects its state afterwards, so XLA copies the moments and the accumulator
       (3 parameter-sized copies per call, about 3x the step). Here the decision is passed down
-      as `commit` (see `adamx._commit`) and XLA updates everything in place. Around an `inner`
-      that is not `Committable`, its state is selected afterwards, as MultiSteps does.
+      as `commit` (see `adamx.Committable`) and XLA updates everything in place. Around an
+      `inner` that is not `Committable`, its state is selected afterwards, as MultiSteps does.
     - The accumulator is reset lazily: right after a real update `acc_grads` still holds the
       sums just used, with `carry` False, and the next call starts from zero instead of adding
       to them. Zeroing in the same call would make the accumulator a buffer read by several
@@ -70,7 +70,7 @@ def accumulate_gradients(
       norm leaves it out, as Keras's does.
     - The sum of `N` gradients is the gradient of `N` times the mean loss: where `N` is a power
       of two and `inner` is `TakesLossScale` (a norm clip comes first), the sums are handed
-      down with `loss_scale=N` and the clip divides them (`adamx._loss_scale`), the same
+      down with `loss_scale=N` and the clip divides them, the same
       numbers as `acc / N` with less memory traffic on XLA:CPU.
     - The accumulator is float32, or float64 if a parameter is (`accumulation_dtype` stores it
       in another; the sums are computed in float32 at least). Keras accumulates in each

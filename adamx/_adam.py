@@ -116,34 +116,79 @@ def adam(
             p <- stochastic round of p (with a seed)   stochastic_round_params
         avg <- EMA of p; every f updates p <- avg      ema_of_params
 
-    `learning_rate` is a number (an `int` is fine), an optax schedule, a Keras
-    `LearningRateSchedule` or a zero-argument callable; schedules are read at Keras's raw call
-    counter (with accumulation, the k-th update reads step `k*N - 1`). Bias correction counts
-    real updates. Arguments Keras rejects are rejected here too, and so are values Keras
-    accepts but cannot mean: a negative learning rate, `epsilon <= 0`, betas outside [0, 1),
-    clipping thresholds <= 0 (pass None to disable), a non-integer
-    `gradient_accumulation_steps`.
+    Arguments Keras rejects are rejected here too, and so are values Keras accepts but cannot
+    mean (a negative learning rate, `epsilon <= 0`, betas outside [0, 1), clipping thresholds
+    <= 0, a non-integer `gradient_accumulation_steps`), with a ValueError or TypeError naming
+    the argument. float16/bfloat16 parameters compute their hyper-parameter arithmetic in
+    float32 (Keras computes it in the parameter dtype, where bfloat16 parameters never move
+    with the default `beta_2`). Read Keras's counters with `adamx.iterations(state)` and
+    `adamx.current_learning_rate(state)`.
 
-    Beyond Keras (keyword-only): `nesterov` (optax's Nesterov Adam, with epsilon-hat),
-    `exclude_from_weight_decay` (patterns searched in `/`-joined key paths, a boolean pytree, or
-    a callable; see `adamx.decayed_paths`), the precision policy of the state (`mu_dtype`,
-    `nu_dtype` for the second moment and v-hat, `ema_dtype`, `accumulation_dtype`: the storage
-    dtype of each; None keeps the default, the arithmetic stays float32 or wider;
-    `rounding_seed` rounds the moments, the EMA and bfloat16/float16 parameters stochastically
-    where they are stored narrower than they are computed, see `adamx.scale_by_keras_adam` and
-    `adamx.stochastic_round_params`; the updates of such parameters are then float32) and
-    `skip_nonfinite` (a call with a NaN or infinite gradient then changes nothing: parameters
-    and every state leaf stay bit-identical, see `adamx.skip_nonfinite_updates`; by default, as
-    in Keras, such a step is applied and the parameters become NaN). float16/bfloat16
-    parameters compute their hyper-parameter arithmetic in float32 (Keras
-    computes it in the parameter dtype, where bfloat16 parameters never move with the default
-    `beta_2`). `name` names the update in profiles (`jax.named_scope`). Read counters with
-    `adamx.iterations(state)` and `adamx.current_learning_rate(state)`. The result is
-    `adamx.Committable`: its update accepts a `commit` extra argument (a boolean scalar; where
-    it is False the call changes nothing), which `skip_nonfinite_updates`,
+    The result is `adamx.Committable`: its update takes a `commit` extra argument (a boolean
+    scalar; where it is False the call changes nothing), which `skip_nonfinite_updates`,
     `loss_scale_optimizer` and accumulation pass down so that XLA updates the state in place.
     With `clipnorm` or `global_clipnorm` and neither accumulation, a static loss scale nor
-    `skip_nonfinite`, it is also `adamx.TakesLossScale` (see `adamx/README.md`).
+    `skip_nonfinite`, it is also `adamx.TakesLossScale`: it takes the gradients of a scaled
+    loss with `loss_scale=S` and unscales them inside the clip.
+
+    Args:
+      learning_rate: Keras's `learning_rate`: a number (an `int` is fine), an optax schedule
+        `step -> rate`, a Keras `LearningRateSchedule` or a zero-argument callable; >= 0.
+        Schedules are read at Keras's raw call counter (with accumulation, the k-th update
+        reads step `k*N - 1`). Default 0.001.
+      beta_1: decay of the first moment, in [0, 1). Default 0.9.
+      beta_2: decay of the second moment, in [0, 1). Default 0.999.
+      epsilon: Keras's epsilon-hat, added to the root of the uncorrected second moment; > 0.
+        Default 1e-7.
+      amsgrad: use the running maximum of the raw second moment (Keras's AMSGrad, not optax's).
+        Default False.
+      weight_decay: decoupled weight decay: each step first subtracts
+        `p * weight_decay * learning_rate`; None (the default) for none.
+      clipnorm: clip each gradient tensor to this L2 norm (> 0); None for no clipping. At most
+        one of `clipnorm`, `clipvalue` and `global_clipnorm` may be set.
+      clipvalue: clip each gradient element to `[-clipvalue, clipvalue]` (> 0); None for none.
+      global_clipnorm: scale all gradients together to at most this joint L2 norm (> 0), with
+        Keras's formula; None for none.
+      use_ema: keep an exponential moving average of the parameters in the state (read it with
+        `adamx.ema_params`). Default False.
+      ema_momentum: weight of the old average, in [0, 1]. Default 0.99.
+      ema_overwrite_frequency: with `use_ema`, overwrite the parameters with the average every
+        this many updates (an integer >= 1); None (the default) never overwrites. An error
+        without `use_ema=True` (Keras ignores it).
+      loss_scale_factor: a static loss scale: the gradients are divided by it before anything
+        else (multiply the loss with `adamx.scale_loss`); None (the default) for none.
+      gradient_accumulation_steps: sum this many calls' gradients (an integer >= 2) and update
+        with their mean on the last; None (the default) updates on every call.
+      name: names the update in profiles (a `jax.named_scope`); a non-empty string without
+        `/`. Default "adam".
+      nesterov: (keyword-only, beyond Keras) optax's Nesterov Adam, with epsilon-hat. Default
+        False.
+      exclude_from_weight_decay: (keyword-only) the parameters weight decay skips: Keras's
+        name patterns (regular expressions searched in each leaf's `/`-joined key path and in
+        its last key), a boolean pytree shaped like the parameters (True = excluded), or a
+        callable of the parameters returning one; see `adamx.decayed_paths`. Needs
+        `weight_decay`. Default None (decay every leaf).
+      mu_dtype: (keyword-only) storage dtype of the first moment; None keeps the parameters'.
+        The arithmetic stays float32 or wider.
+      nu_dtype: (keyword-only) storage dtype of the second moment and of v-hat; None keeps the
+        parameters' (real) dtype.
+      ema_dtype: (keyword-only) storage dtype of the EMA; None keeps the parameters'.
+      accumulation_dtype: (keyword-only) storage dtype of the gradient sums; None: float32, or
+        float64 if a parameter is.
+      rounding_seed: (keyword-only) None rounds narrow storage to nearest; an integer in
+        [0, 2**32) rounds the moments, the EMA and float16/bfloat16 parameters stochastically
+        (unbiased) where they are stored narrower than they are computed, with bits from this
+        seed, the step and each element's index; the updates of such parameters are then
+        float32. See `adamx.scale_by_keras_adam` and `adamx.stochastic_round_params`.
+      skip_nonfinite: (keyword-only) a call with a NaN or infinite gradient changes nothing:
+        parameters and every state leaf stay bit-identical, and the state counts the skip (see
+        `adamx.skip_nonfinite_updates`). Default False: as in Keras, such a step is applied
+        and the parameters become NaN.
+
+    Returns:
+      An optax `GradientTransformationExtraArgs` (an `adamx.Committable`): `init(params)` and
+      `update(grads, state, params)`, whose updates `optax.apply_updates` adds to the
+      parameters.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx

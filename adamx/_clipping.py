@@ -81,6 +81,9 @@ def clip_by_norm(clipnorm: float) -> optax.GradientTransformationExtraArgs:
     It is `TakesLossScale`: given a `loss_scale` extra argument `S`, the gradients are those of
     `loss * S`, unscaled as `loss_scale_optimizer` unscales (`g * (1/S)` in float32 at least).
 
+    Args:
+      clipnorm: the largest L2 norm of each gradient tensor, > 0.
+
     Example:
       >>> import jax.numpy as jnp, adamx
       >>> tx = adamx.clip_by_norm(1.0)
@@ -127,6 +130,9 @@ def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
     `g <- clip(g, -clipvalue, clipvalue)`: `optax.clip`, which is bit-identical to Keras, with
     Keras's argument name and a check that the threshold is positive.
 
+    Args:
+      clipvalue: the largest absolute value of each gradient element, > 0.
+
     Example:
       >>> import jax.numpy as jnp, adamx
       >>> tx = adamx.clip_by_value(1.0)
@@ -152,6 +158,9 @@ def clip_by_global_norm(global_clipnorm: float) -> optax.GradientTransformationE
     the non-finite entries. Squares are summed in float32 at least.
     It is `TakesLossScale`: given a `loss_scale` extra argument `S`, the gradients are those of
     `loss * S`, unscaled as `loss_scale_optimizer` unscales (`g * (1/S)` in float32 at least).
+
+    Args:
+      global_clipnorm: the largest joint L2 norm of all gradients, > 0.
 
     Example:
       >>> import jax.numpy as jnp, adamx

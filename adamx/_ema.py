@@ -51,7 +51,7 @@ def ema_of_params(
     overwritten; float16/bfloat16 averages are computed in float32 and stored in their dtype
     (`ema_dtype`, the parameters' by default; the blend runs in the wider of the two), rounded
     to nearest, or stochastically given `rounding_seed` (see `adamx.scale_by_keras_adam`).
-    Read the average with `adamx.ema_params(state)`. Given `commit` (see `adamx._commit`), a
+    Read the average with `adamx.ema_params(state)`. Given `commit` (see `adamx.Committable`), a
     call where it is False keeps the state and passes the updates through (no overwrite).
 
     Args:
@@ -60,7 +60,7 @@ def ema_of_params(
       steps_per_update: calls per real update (the accumulation steps), an integer >= 1.
       ema_dtype: storage dtype of the average; None keeps the parameters'.
       rounding_seed: None (round to nearest) or an integer in [0, 2**32): round the stored
-        average stochastically (`adamx._rounding`).
+        average stochastically (see `adamx.scale_by_keras_adam`).
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -147,6 +147,13 @@ def ema_params(state: Any) -> optax.Params:
 
     Non-destructive: the training parameters and the state are left as they are. Raises a
     ValueError if the state has no EMA (build the optimizer with `use_ema=True`).
+
+    Args:
+      state: the state of an optimizer built with `use_ema=True` (or with
+        `ema_of_params`), however wrapped.
+
+    Returns:
+      The average, a pytree shaped like the parameters.
     """
     ema = find_state(state, ParamsEmaState)
     if ema is None:
@@ -160,6 +167,13 @@ def finalize_variable_values(params: optax.Params, state: Any) -> optax.Params:
     Keras assigns the averages to the model's variables at the end of `fit`; here the
     parameters to continue with are returned. Without EMA the parameters come back unchanged,
     as Keras leaves them.
+
+    Args:
+      params: the current parameters, returned as they are without EMA.
+      state: the optimizer state.
+
+    Returns:
+      The EMA parameters if the state holds an EMA, else `params`.
     """
     ema = find_state(state, ParamsEmaState)
     if ema is None:

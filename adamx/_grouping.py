@@ -123,6 +123,14 @@ def group_leaves(params: Any, exclude_from_weight_decay: Exclusion = None) -> Gr
 
     Sharded parameters are refused (a flat buffer would re-lay them out); call it on concrete,
     placed arrays. Grouping copies the parameters once; `ungroup()` returns views.
+
+    Args:
+      params: the parameter tree, concrete arrays (not sharded).
+      exclude_from_weight_decay: the same value the optimizer gets, so that excluded leaves
+        get buffers of their own; None if weight decay applies to every leaf (or is off).
+
+    Returns:
+      `adamx.GroupedParams`: a pytree of one flat buffer per dtype (and decay group).
     """
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
     if not leaves_with_paths:
@@ -152,7 +160,14 @@ def group_leaves(params: Any, exclude_from_weight_decay: Exclusion = None) -> Gr
 
 def ungroup(grouped: GroupedParams) -> Any:
     """The tree `group_leaves` was given, from its buffers (or from any tree shaped like them:
-    an EMA average, an update)."""
+    an EMA average, an update).
+
+    Args:
+      grouped: `adamx.group_leaves` parameters, or a tree shaped like their buffers.
+
+    Returns:
+      The original parameter tree.
+    """
     if not isinstance(grouped, GroupedParams):
         raise TypeError(f"ungroup takes GroupedParams; received {type(grouped).__name__}.")
     return grouped.ungroup()

@@ -145,6 +145,15 @@ def from_keras_config(
     optimizer class and serialized lambdas raise a ValueError. Keras does not put
     `exclude_from_weight_decay` in its config; pass it here (see `adamx.adam`).
 
+    Args:
+      config: a Keras optimizer config: `optimizer.get_config()` (a flat dict) or
+        `keras.optimizers.serialize(optimizer)` (with `class_name` and `config`).
+      exclude_from_weight_decay: (keyword-only) what weight decay skips, as `adamx.adam` takes
+        it; Keras keeps it out of its config.
+
+    Returns:
+      An adamx optimizer (`adamx.adam`, or `adamx.loss_scale_optimizer` around it).
+
     Example:
       >>> import adamx
       >>> tx = adamx.from_keras_config({"learning_rate": 0.01, "amsgrad": True})
@@ -158,7 +167,14 @@ def from_keras_config(
 
 def keras_params(variables: Sequence[Any]) -> dict[str, Any]:
     """A nested dict of arrays from Keras variables, keyed by their paths (`"d1/kernel"` ->
-    `{"d1": {"kernel": ...}}`): pass `model.trainable_variables`."""
+    `{"d1": {"kernel": ...}}`): pass `model.trainable_variables`.
+
+    Args:
+      variables: Keras variables, such as `model.trainable_variables`.
+
+    Returns:
+      A nested dict of arrays keyed by the variables' paths.
+    """
     tree: dict[str, Any] = {}
     for variable in variables:
         *parents, leaf = str(variable.path).split("/")
@@ -259,6 +275,14 @@ def from_keras_optimizer(
     dynamic loss scale and its growth counter, the current float learning rate, and the
     weight-decay exclusions (as a mask). `tx.update` on the returned state then computes what
     Keras's next call would.
+
+    Args:
+      optimizer: a built Keras `Adam`, or a `LossScaleOptimizer` around one.
+      params: the model's trainable parameters as a JAX pytree (`adamx.keras_params` makes one
+        from `model.trainable_variables`).
+
+    Returns:
+      `(tx, state)`: the adamx optimizer and its state, continuing Keras's.
     """
     inner, scaler = _check_optimizer(optimizer)
     variables = list(inner._trainable_variables)

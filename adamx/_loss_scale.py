@@ -66,7 +66,11 @@ def static_loss_scale(
     the factor from the state (float32). Where the factor is a power of two, the gradients are
     float32 or float64 and `inner` is `TakesLossScale` (a norm clip comes first), the
     gradients are handed down still scaled, with the factor: the same numbers, less memory
-    traffic (`adamx._loss_scale`).
+    traffic.
+
+    Args:
+      inner: the optimizer the unscaled gradients go to (any optax transformation).
+      loss_scale_factor: the constant the loss was multiplied by, > 0.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -128,7 +132,13 @@ def loss_scale_optimizer(
     static `loss_scale_factor` is a ValueError at `init`, since its gradients would be unscaled
     twice. Around `adamx.adam` with `clipnorm` or `global_clipnorm`, the gradients are handed
     over still scaled, with `S`, and the clip unscales them (the same numbers, without writing
-    the unscaled gradients to memory on XLA:CPU; see `adamx._loss_scale`).
+    the unscaled gradients to memory on XLA:CPU).
+
+    Args:
+      inner: the optimizer the unscaled gradients go to (any optax transformation).
+      initial_scale: the scale to start from, > 0. Default 2**15, Keras's.
+      dynamic_growth_steps: double the scale after this many finite calls in a row, an integer
+        >= 1. Default 2000, Keras's.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
@@ -195,6 +205,13 @@ def scale_loss(loss: jax.typing.ArrayLike, state: Any) -> jax.Array:
     Reads the dynamic scale of `loss_scale_optimizer` or the static `loss_scale_factor`; with
     neither, returns the loss unchanged. The product is computed as Keras does, `loss * S` with
     `S` float32, so a float16/bfloat16 loss is promoted to float32 before scaling.
+
+    Args:
+      loss: the loss to scale (a scalar).
+      state: the optimizer state (any adamx optimizer's, however wrapped).
+
+    Returns:
+      `loss * S` in float32 at least, or `loss` if the state holds no loss scale.
     """
     kinds: tuple[type[Any], ...] = (DynamicLossScaleState, StaticLossScaleState)
     found = next((s for s in map(lambda k: find_state(state, k), kinds) if s is not None), None)

@@ -46,6 +46,9 @@ def skip_missing_gradients(
     and a `has_gradient` extra argument (a pytree of Python bools), which
     `accumulate_gradients` reads. The result keeps `inner`'s capabilities (`Committable`,
     `TakesLossScale`).
+
+    Args:
+      inner: the optimizer to wrap (any optax transformation).
     """
     check_transformation("inner", inner)
     inner = optax.with_extra_args_support(inner)

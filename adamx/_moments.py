@@ -91,8 +91,8 @@ def scale_by_keras_adam(
     their own dtype (Keras's slots) but compute in float32; Keras computes in the low precision,
     where bfloat16 rounds `beta_2 = 0.999` to 1 and parameters never move.
 
-    Given `commit` (a boolean scalar extra argument, see `adamx._commit`), the state is kept
-    where it is False, and the output is computed from the kept moments, so that XLA updates
+    Given `commit` (a boolean scalar extra argument, see `adamx.Committable`), the state is
+    kept where it is False, and the output is computed from the kept moments, so that XLA updates
     them in place instead of copying them.
 
     Args:
@@ -107,10 +107,10 @@ def scale_by_keras_adam(
         quantity, so they share it); None keeps the parameters' (real) dtype.
       rounding_seed: None rounds the moments to nearest when they are stored in a narrower
         dtype than they are computed in; an integer in [0, 2**32) rounds them stochastically,
-        with random bits from this seed (kept in the state), the step and the element's index
-        (`adamx._rounding`): bit-identical runs for one seed, and after a resume. The updates
-        then stay in the compute dtype (float32 for bfloat16 parameters), so that the
-        parameters can be rounded stochastically too (`adamx.stochastic_round_params`).
+        with random bits from this seed (kept in the state), the step and the element's index:
+        bit-identical runs for one seed, and after a resume. The updates then stay in the
+        compute dtype (float32 for bfloat16 parameters), so that the parameters can be rounded
+        stochastically too (`adamx.stochastic_round_params`).
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx

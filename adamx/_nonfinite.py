@@ -52,8 +52,11 @@ def skip_nonfinite_updates(
     `loss_scale_optimizer` skips the same way and also adjusts its scale. Unlike
     `optax.apply_if_finite`, there is no limit after which non-finite updates go through.
     Around a `Committable` optimizer (any adamx optimizer) the decision is passed down as
-    `commit` (see `adamx._commit`), so the moments are updated in place rather than copied;
+    `commit` (see `adamx.Committable`), so the moments are updated in place rather than copied;
     around any other the inner state is selected afterwards, which XLA does by copying it.
+
+    Args:
+      inner: the optimizer to guard (any optax transformation).
 
     Example:
       >>> import jax.numpy as jnp, adamx

@@ -110,7 +110,7 @@ def stochastic_round_params(rounding_seed: int) -> optax.GradientTransformationE
 
     Args:
       rounding_seed: an integer in [0, 2**32), kept in the state; with the update count and
-        each element's index it gives the random bits (see `adamx._rounding`).
+        each element's index it gives the random bits, the same on any device layout.
     """
     check_seed("rounding_seed", rounding_seed)
     seed = np.uint32(rounding_seed)

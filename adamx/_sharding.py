@@ -115,10 +115,13 @@ def state_shardings(
     `jax.jit(tx.init)` replicates, as it does for any optax optimizer.
 
     Args:
-      tx: the optimizer.
+      tx: the optimizer (any optax transformation `optax.tree_map_params` handles).
       params: the parameters, as jax.Arrays or `jax.ShapeDtypeStruct`s with a sharding.
       shard_over: a mesh axis name of the parameters' mesh to split the state over, or None.
       min_shard_size: the fewest elements a leaf must have to be split over `shard_over`.
+
+    Returns:
+      A pytree of shardings shaped like `tx.init(params)`.
     """
     param_shardings = _param_shardings(params)
     sharding_leaves = jax.tree.leaves(param_shardings)

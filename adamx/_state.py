@@ -34,6 +34,12 @@ def iterations(state: Any) -> jax.Array:
 
     Accumulation micro-steps do not count (Keras floors its raw counter by the number of
     accumulation steps), and neither do steps skipped by dynamic loss scaling.
+
+    Args:
+      state: the state of an adamx optimizer, however wrapped.
+
+    Returns:
+      An int32 scalar array.
     """
     return _adam_state(state).count
 
@@ -47,6 +53,13 @@ def current_learning_rate(state: Any) -> jax.Array:
     as Keras reports it; the rate of the next *real* update is the Adam state's
     `next_learning_rate` (`optax.tree.get(state, "next_learning_rate")`). If the state comes
     from `optax.inject_hyperparams(adamx.adam)`, the injected value is returned.
+
+    Args:
+      state: the state of an adamx optimizer, however wrapped (`optax.chain`,
+        `optax.inject_hyperparams`, `loss_scale_optimizer`, ...).
+
+    Returns:
+      A float32 scalar array.
     """
     for injected_kind in (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState):
         injected = find_state(state, injected_kind)

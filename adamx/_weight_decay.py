@@ -23,7 +23,16 @@ class DecoupledWeightDecayState(NamedTuple):
 def decay_mask(params: Any, exclude_from_weight_decay: Exclusion = None) -> Any:
     """A pytree of Python bools shaped like `params`: True where the leaf is decayed.
 
-    For `adamx.group_leaves` parameters, one bool per buffer, from the leaves it holds."""
+    For `adamx.group_leaves` parameters, one bool per buffer, from the leaves it holds.
+
+    Args:
+      params: the parameters (a pytree, or `adamx.group_leaves` parameters).
+      exclude_from_weight_decay: what weight decay skips, as `adamx.adam` takes it: name
+        patterns, a boolean pytree (True = excluded), a callable of the parameters, or None.
+
+    Returns:
+      A pytree of Python bools shaped like `params` (True = decayed).
+    """
     if isinstance(params, GroupedParams):
         leaf_mask = leaf_decay_mask(params.leaf_specs(), exclude_from_weight_decay)
         return group_flags(params, leaf_mask)
@@ -33,12 +42,21 @@ def decay_mask(params: Any, exclude_from_weight_decay: Exclusion = None) -> Any:
 def decayed_paths(params: Any, exclude_from_weight_decay: Exclusion = None) -> list[str]:
     """The `/`-joined key paths of the leaves that weight decay applies to.
 
-    Use it to check exclusion patterns before training:
+    Use it to check exclusion patterns before training.
 
-    >>> import jax.numpy as jnp, adamx
-    >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
-    >>> adamx.decayed_paths(params, ["bias"])
-    ['dense/kernel']
+    Args:
+      params: the parameters (a pytree).
+      exclude_from_weight_decay: what weight decay skips, as `adamx.adam` takes it: name
+        patterns, a boolean pytree (True = excluded), a callable of the parameters, or None.
+
+    Returns:
+      A list of `/`-joined key paths, in tree order.
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+      >>> adamx.decayed_paths(params, ["bias"])
+      ['dense/kernel']
     """
     mask = decay_mask(params, exclude_from_weight_decay)
     flat = jax.tree_util.tree_flatten_with_path(mask)[0]
@@ -69,6 +87,13 @@ def decoupled_weight_decay(
     `"encoder/.*/scale"` works; Keras searches only the short variable name, the last key, so
     Keras patterns such as `"^k"` keep working), a boolean pytree (True = excluded) or a
     callable of the parameters returning one. `adamx.decayed_paths` lists what is decayed.
+
+    Args:
+      weight_decay: the decay rate, >= 0 (Keras's `weight_decay`).
+      learning_rate: a number, a schedule `count -> rate` or a zero-argument callable: the rate
+        that multiplies the decay (`adamx.adam` passes its own). Default 1.
+      exclude_from_weight_decay: the leaves not decayed: name patterns, a boolean pytree
+        (True = excluded), a callable of the parameters, or None (decay every leaf).
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx

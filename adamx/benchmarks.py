@@ -19,8 +19,8 @@ the call, and clips the unscaled gradients. "adamx grouped" runs on `adamx.group
 and gradients (one flat buffer per dtype); "grouped, leaf grads" groups per-leaf gradients inside
 the step, the cost of a model whose gradients are not computed through `ungroup()`. "bf16
 state" stores both moments in bfloat16 (computed in float32), rounded to nearest or
-stochastically. torch
-(`fused=True`, `foreach=True`) joins when installed.
+stochastically. torch (`fused=True`, `foreach=True`) joins when installed; the run names the
+peers it leaves out, and why.
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def one_tensor(scale: float) -> dict[str, Any]:
     return {"w": (int(2**25 * scale),)}
 
 
-def transformer(scale: float) -> dict[str, Any]:
-    """12 layers (attention, MLP, two layer norms, biases) and an embedding: 147 tensors."""
+def transformer(scale: float, layers: int = 12) -> dict[str, Any]:
+    """12 layers (attention, MLP, two layer norms, biases) and an embedding: 147 tensors
+    (`--quick` keeps 1 layer: 15 tensors)."""
     d = int(384 * scale**0.5) // 8 * 8
 
     def dense(fan_in: int, fan_out: int) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def transformer(scale: float) -> dict[str, Any]:
         "norm1": norm,
         "norm2": norm,
     }
-    tree: dict[str, Any] = {f"layer_{i:02d}": layer for i in range(12)}
+    tree: dict[str, Any] = {f"layer_{i:02d}": layer for i in range(layers)}
     tree["embedding"] = {"kernel": (int(10_000 * scale), d)}
     tree["final_norm"] = norm
     return tree
@@ -90,7 +91,7 @@ def many_small(scale: float) -> dict[str, Any]:
     return {f"t{i:04d}": (1000,) for i in range(int(2000 * scale))}
 
 
-TREES: dict[str, Callable[[float], dict[str, Any]]] = {
+TREES: dict[str, Callable[..., dict[str, Any]]] = {
     "one_tensor": one_tensor,
     "transformer": transformer,
     "many_small": many_small,
@@ -145,12 +146,17 @@ def bytes_accessed(compiled: Any) -> float:
     return float(analysis.get("bytes accessed", float("nan")))
 
 
-def timed_compile(step: Step, params: Any, state: Any, grads: Any) -> tuple[Any, float]:
-    """Traces, lowers and compiles `step` from cold caches: the median of up to three compiles
-    within 2 s in all, as those of a second or less vary by tens of percent between runs."""
+def timed_compile(
+    step: Step, params: Any, state: Any, grads: Any, compiles: int = 3
+) -> tuple[Any, float]:
+    """Traces, lowers and compiles `step`: the median of up to `compiles` compiles from cold
+    caches within 2 s in all, as those of a second or less vary by tens of percent between
+    runs. With `compiles=1` (`--quick`) JAX's caches are kept: the step is still compiled
+    afresh, but the small eager operations around it are not recompiled every time."""
     seconds: list[float] = []
-    while len(seconds) < 3 and sum(seconds) < 2.0:
-        jax.clear_caches()
+    while not seconds or (len(seconds) < compiles and sum(seconds) < 2.0):
+        if compiles > 1:
+            jax.clear_caches()
         start = time.perf_counter()
         compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
         seconds.append(time.perf_counter() - start)
@@ -158,11 +164,17 @@ def timed_compile(step: Step, params: Any, state: Any, grads: Any) -> tuple[Any,
 
 
 def jax_candidate(
-    name: str, init: Callable[[Any], Any], step: Step, params: Any, grads: Any, size: int
+    name: str,
+    init: Callable[[Any], Any],
+    step: Step,
+    params: Any,
+    grads: Any,
+    size: int,
+    compiles: int = 3,
 ) -> Candidate:
     params = jax.tree.map(jnp.copy, params)
     state = init(params)
-    compiled, compile_seconds = timed_compile(step, params, state, grads)
+    compiled, compile_seconds = timed_compile(step, params, state, grads, compiles)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     box = {"params": params, "state": state}
 
@@ -209,16 +221,39 @@ def optax_composition() -> tuple[Callable[[Any], Any], Step]:
     return init, step
 
 
-def keras_candidate(
-    name: str, kwargs: dict[str, Any], params: Any, grads: Any, size: int
-) -> Candidate | None:
+def keras_missing() -> str | None:
+    """Why the Keras rows cannot run here, or None if they can."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
     try:
         import keras
     except ImportError:
-        return None
+        return "Keras not installed: the Keras rows are left out (pip install keras)"
     if keras.backend.backend() != "jax":
+        return (
+            f"Keras runs on {keras.backend.backend()} (KERAS_BACKEND), not JAX: the Keras rows "
+            "are left out"
+        )
+    return None
+
+
+def torch_missing(no_torch: bool) -> str | None:
+    """Why the PyTorch rows are left out, or None if they run."""
+    if no_torch:
+        return "--no-torch: the PyTorch rows are left out"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "torch not installed: the PyTorch rows are left out (pip install torch)"
+    return None
+
+
+def keras_candidate(
+    name: str, kwargs: dict[str, Any], params: Any, grads: Any, size: int, compiles: int = 3
+) -> Candidate | None:
+    if keras_missing() is not None:
         return None
+    import keras
+
     leaves = jax.tree.leaves(params)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     names = [re.sub(r"\W+", "_", path).strip("_") for path in paths]
@@ -237,7 +272,7 @@ def keras_candidate(
         return list(new_values), list(new_opt_values)
 
     return jax_candidate(
-        name, init, step, [v.value for v in variables], jax.tree.leaves(grads), size
+        name, init, step, [v.value for v in variables], jax.tree.leaves(grads), size, compiles
     )
 
 
@@ -254,14 +289,49 @@ def torch_candidate(mode: str, params: Any) -> Candidate | None:
     return Candidate(f"torch.optim.Adam({mode}=True)", optimizer.step, state_bytes_per_param=8.0)
 
 
+NAMES = [  # every candidate, in the order of the table
+    "optax.adam",
+    "adamx.adam()",
+    "adamx.adam(amsgrad=True)",
+    "adamx bf16 state",
+    "adamx bf16 state, stochastic",
+    "adamx.adam(all features)",
+    "adamx.adam(all + accum. 4)",
+    "adamx loss scaling",
+    "adamx grouped",
+    "adamx grouped, leaf grads",
+    "optax clip+adamw+EMA",
+    "keras Adam()",
+    "keras Adam(all features)",
+    "keras Adam(all + accum. 4)",
+    "torch.optim.Adam(fused=True)",
+    "torch.optim.Adam(foreach=True)",
+]
+
+
+def chosen_names(only: str | None) -> list[str]:
+    """The candidates' names that `only` matches, and the `optax.adam` baseline."""
+    return [name for name in NAMES if name == "optax.adam" or re.search(only or "", name)]
+
+
 def candidates_for(
-    params: Any, grads: Any, size: int, with_torch: bool, only: str | None = None
+    params: Any,
+    grads: Any,
+    size: int,
+    with_torch: bool,
+    only: str | None = None,
+    compiles: int = 3,
+    progress: Callable[[str], None] = lambda line: None,
+    skip: tuple[str, ...] = (),
 ) -> list[Candidate]:
     """Builds (and compiles) the candidates; `only` keeps those whose name matches it, plus
-    the `optax.adam` baseline."""
+    the `optax.adam` baseline, and those whose name starts with one of `skip` are left out.
+    `progress` is told as each one is ready."""
 
     def jax_one(tx: optax.GradientTransformation) -> Callable[[str], Candidate]:
-        return lambda name: jax_candidate(name, tx.init, optax_step(tx), params, grads, size)
+        return lambda name: jax_candidate(
+            name, tx.init, optax_step(tx), params, grads, size, compiles
+        )
 
     def grouped(group_grads: bool) -> Callable[[str], Candidate]:
         tx = adamx.adam()
@@ -273,15 +343,16 @@ def candidates_for(
 
         def build(name: str) -> Candidate:
             step_grads = grads if group_grads else adamx.group_leaves(grads)
-            return jax_candidate(name, tx.init, step, adamx.group_leaves(params), step_grads, size)
+            grouped_params = adamx.group_leaves(params)
+            return jax_candidate(name, tx.init, step, grouped_params, step_grads, size, compiles)
 
         return build
 
     def composition(name: str) -> Candidate:
-        return jax_candidate(name, *optax_composition(), params, grads, size)
+        return jax_candidate(name, *optax_composition(), params, grads, size, compiles)
 
     def keras(kwargs: dict[str, Any]) -> Callable[[str], Candidate | None]:
-        return lambda name: keras_candidate(name, kwargs, params, grads, size)
+        return lambda name: keras_candidate(name, kwargs, params, grads, size, compiles)
 
     def torch(mode: str) -> Callable[[str], Candidate | None]:
         return lambda name: torch_candidate(mode, params) if with_torch else None
@@ -304,9 +375,17 @@ def candidates_for(
         "torch.optim.Adam(fused=True)": torch("fused"),
         "torch.optim.Adam(foreach=True)": torch("foreach"),
     }
-    chosen = [name for name in builders if name == "optax.adam" or re.search(only or "", name)]
-    candidates = [builders[name](name) for name in chosen]
-    return [c for c in candidates if c is not None]
+    assert list(builders) == NAMES
+    chosen = [name for name in chosen_names(only) if not name.startswith(skip)]
+    candidates = []
+    for i, name in enumerate(chosen, 1):
+        start = time.perf_counter()
+        candidate = builders[name](name)
+        if candidate is not None:
+            candidates.append(candidate)
+            seconds = time.perf_counter() - start
+            progress(f"  [{i}/{len(chosen)}] {name}: built and compiled in {seconds:.1f} s")
+    return candidates
 
 
 # --- measurement -----------------------------------------------------------------------------
@@ -324,7 +403,13 @@ def bandwidth_floor(megabytes: int = 256, repeats: int = 7) -> float:
     return 3 * n * 4 / statistics.median(times) / 1e9
 
 
-def measure(candidates: list[Candidate], repeats: int, calls: int) -> None:
+def measure(
+    candidates: list[Candidate],
+    repeats: int,
+    calls: int,
+    progress: Callable[[str], None] = lambda line: None,
+) -> None:
+    progress(f"  timing {len(candidates)} optimizers: {repeats} repeats of {calls} calls each")
     for candidate in candidates:  # warm up
         for _ in range(2):
             candidate.run()
@@ -389,38 +474,109 @@ COLUMNS = (  # (heading, row key, width, digits)
 
 
 def print_table(rows: list[dict], tree: str, size: int, tensors: int) -> None:
-    print(f"\n{tree}: {size / 1e6:.1f}M parameters in {tensors} tensors")
+    print(f"\n{tree}: {size / 1e6:.1f}M parameters in {tensors} tensors", flush=True)
     print(f"  {'optimizer':28s}" + "".join(f" {head:>{width}s}" for head, _, width, _ in COLUMNS))
     for r in rows:
         cells = "".join(f" {show(r[key], digits):>{width}s}" for _, key, width, digits in COLUMNS)
         print(f"  {r['optimizer']:28s}{cells}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default, where it has one, after its
+    help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if isinstance(action.default, list):
+            return f"{text} (default: {' '.join(action.default)})"
+        return f"{text} (default: %(default)s)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    scale: float  # tree size factor
+    repeats: int  # timed repeats per candidate
+    calls: int  # calls per timed repeat
+    layers: int  # transformer layers
+    compiles: int  # compiles per candidate (the median is reported)
+
+
+QUICK = Settings(scale=0.01, repeats=5, calls=3, layers=1, compiles=1)
+FULL = Settings(scale=1.0, repeats=11, calls=4, layers=12, compiles=3)
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m adamx.benchmarks",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m adamx.benchmarks", description=__doc__, formatter_class=HelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="small trees, few repeats (<1 min)")
-    parser.add_argument("--json", help="write every figure to this file")
-    parser.add_argument("--trees", nargs="+", choices=list(TREES), default=list(TREES))
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate")
-    parser.add_argument("--no-torch", action="store_true", help="leave torch out")
-    parser.add_argument("--only", help="a regex: run the optimizers it matches (and optax.adam)")
-    parser.add_argument("--scale", type=float, default=None, help="tree size factor (1 = full)")
-    args = parser.parse_args(argv)
-    scale, repeats, calls = (0.0625, 5, 3) if args.quick else (1.0, 11, 4)
-    scale = scale if args.scale is None else args.scale
-    repeats = repeats if args.repeats is None else args.repeats
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in under a minute on 2 CPU cores: trees at 1%% of full size, a "
+        "1-layer transformer, 5 repeats of 3 calls, one compile each",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to this file")
+    parser.add_argument(
+        "--trees",
+        nargs="+",
+        choices=list(TREES),
+        default=list(TREES),
+        metavar="TREE",
+        help=f"the parameter trees to run, among: {', '.join(TREES)}",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per optimizer, interleaved (default: 11, or 5 with --quick)",
+    )
+    parser.add_argument(
+        "--no-torch", action="store_true", help="leave out the PyTorch rows even if installed"
+    )
+    parser.add_argument(
+        "--only",
+        metavar="REGEX",
+        help="run only the optimizers whose name matches this regular expression (and the "
+        "optax.adam baseline)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="tree size factor in (0, 4]: 1 is the full 32M-parameter tensor, 25M-parameter "
+        "transformer and 2000 small tensors (default: 1, or 0.01 with --quick)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser_ = parser()
+    args = parser_.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    scale = settings.scale if args.scale is None else args.scale
+    repeats = settings.repeats if args.repeats is None else args.repeats
     if not 0 < scale <= 4 or repeats < 1:
-        parser.error("--scale must be in (0, 4] and --repeats >= 1")
+        parser_.error("--scale must be in (0, 4] and --repeats >= 1")
     try:
         re.compile(args.only or "")
     except re.error as error:
-        parser.error(f"--only is not a regular expression: {error}")
+        parser_.error(f"--only is not a regular expression: {error}")
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     floor = bandwidth_floor(64 if args.quick else 256)
     device = jax.devices()[0]
+    reasons = {"keras": keras_missing(), "torch": torch_missing(args.no_torch)}
+    skip = tuple(prefix for prefix, reason in reasons.items() if reason)
+    skipped = [
+        reason
+        for prefix, reason in reasons.items()
+        if reason and any(name.startswith(prefix) for name in chosen_names(args.only))
+    ]
+    chosen = [name for name in chosen_names(args.only) if not name.startswith(skip)]
     machine = {
         "device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
         "cpu_count": os.cpu_count(),
@@ -432,21 +588,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     facts = (f"{k}: {show(v, 1) if isinstance(v, float) else v}" for k, v in machine.items())
     print(" | ".join(facts))
+    for reason in skipped:
+        print(f"skipped: {reason}")
+    print(
+        f"median and IQR (interquartile range): ms per call over {repeats} interleaved repeats "
+        f"of {settings.calls} calls; x optax: median over optax.adam's; GB/s: Adam's 28 bytes "
+        "per parameter over the median; x floor: over NumPy's y += x; state B/p: state bytes "
+        "per parameter; XLA passes: bytes accessed / 4 per parameter",
+        flush=True,
+    )
     all_rows: list[dict] = []
     for tree in args.trees:
-        shapes = TREES[tree](scale)
+        shapes = (
+            TREES[tree](scale, settings.layers) if tree == "transformer" else TREES[tree](scale)
+        )
         params, grads = materialize(shapes, 0), materialize(shapes, 1)
         leaves = jax.tree.leaves(params)
         size = sum(x.size for x in leaves)
-        candidates = candidates_for(params, grads, size, not args.no_torch, only=args.only)
-        measure(candidates, repeats, calls)
+        progress(f"{tree}: building and compiling {len(chosen)} optimizers")
+        candidates = candidates_for(
+            params,
+            grads,
+            size,
+            not args.no_torch,
+            only=args.only,
+            compiles=settings.compiles,
+            progress=progress,
+            skip=skip,
+        )
+        measure(candidates, repeats, settings.calls, progress)
         rows = rows_for(tree, candidates, size, floor)
         print_table(rows, tree, size, len(leaves))
         all_rows.extend(rows)
         del candidates, params, grads
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "results": all_rows}, f, indent=2)
+            json.dump({"machine": machine, "skipped": skipped, "results": all_rows}, f, indent=2)
         print(f"\nwrote {args.json}")
     return 0
 

@@ -124,7 +124,9 @@ def round_trip(
 
     tx, state = adamx.from_keras_optimizer(optimizer, moved_params)
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    if not inner.gradient_accumulation_steps:  # with it, Keras reads its raw counter (README)
+    if (
+        not inner.gradient_accumulation_steps
+    ):  # with it, Keras reads its raw counter (docs/keras.md)
         np.testing.assert_allclose(
             adamx.current_learning_rate(state), float(inner.learning_rate), rtol=3e-7
         )
@@ -262,7 +264,7 @@ def test_from_a_keras_file(tmp_path: Path) -> None:
     for tree, values in ((ours, variables), (adamx.ema_params(state), averages)):
         for i, value in zip(order, values, strict=True):
             # One ulp at most: biases start at 0, and weight decay's `p_new - p` update can
-            # round once where a step is large relative to |p| (README, numerical notes).
+            # round once where a step is large relative to |p| (docs/reliability.md).
             np.testing.assert_allclose(
                 jax.tree.leaves(tree)[i], np.asarray(value.value), rtol=1.2e-7, atol=1e-9
             )

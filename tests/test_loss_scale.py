@@ -182,7 +182,8 @@ def test_invalid_arguments(kwargs: dict[str, Any], message: str) -> None:
 def test_an_inner_static_factor_is_refused_where_keras_drops_it() -> None:
     """Keras's `LossScaleOptimizer` sets the inner `loss_scale_factor` to None (its own test
     `test_finite_step_with_inner_loss_scale` relies on it); unscaling twice would be wrong, and
-    dropping it silent, so adamx refuses it at `init` (a deliberate difference, README)."""
+    dropping it silent, so adamx refuses it at `init` (docs/reliability.md, a deliberate
+    difference)."""
     tx = adamx.loss_scale_optimizer(adamx.adam(loss_scale_factor=4.0))
     with pytest.raises(ValueError, match="static `loss_scale_factor`"):
         tx.init({"w": jnp.ones(2)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,6 @@ def test_compare_keras_fails_loudly_beyond_the_tolerance(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "the following arguments are required"),
         (["train"], "invalid choice"),
         (["demo", "--steps", "0"], "--steps: expected an integer >= 1, got 0"),
         (["demo", "--steps", "ten"], "--steps: expected an integer >= 1, got 'ten'"),
@@ -75,3 +75,21 @@ def test_a_run_shorter_than_the_plot_window_writes_its_outputs(tmp_path: Path, s
     assert main(["demo", "--steps", str(steps), "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == steps
     assert (tmp_path / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bare_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m adamx" in out
+    assert len(re.findall(r"^\s+demo\s", out, re.MULTILINE)) == 1
+
+
+def test_help_lists_each_command_once_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^\s+demo\s", out, re.MULTILINE)) == 1
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 2000)" in out and "(default: demo-out)" in out
