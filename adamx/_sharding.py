@@ -116,7 +116,7 @@ def state_shardings(
 
     Args:
       tx: the optimizer (any optax transformation `optax.tree_map_params` handles).
-      params: the parameters, as jax.Arrays or `jax.ShapeDtypeStruct`s with a sharding.
+      params: the parameters, as jax.Arrays or `jax.ShapeDtypeStruct` values with a sharding.
       shard_over: a mesh axis name of the parameters' mesh to split the state over, or None.
       min_shard_size: the fewest elements a leaf must have to be split over `shard_over`.
 
@@ -162,7 +162,7 @@ def _check_axis(axis: Any, replicated: Sharding, min_size: Any) -> None:
 def sharding_report(tree: Any) -> str:
     """A table of a placed tree: each leaf's shape, dtype, partition spec and bytes per device.
 
-    `tree` holds jax.Arrays or `jax.ShapeDtypeStruct`s with a sharding (for example
+    `tree` holds jax.Arrays or `jax.ShapeDtypeStruct` values with a sharding (for example
     `jax.eval_shape(tx.init, params)` with `state_shardings`' shardings attached). The last
     line gives the largest per-device total and lists the leaves that are whole on every
     device. Bytes per device are the shard's: `sharding.shard_shape(shape)`.
