@@ -10,16 +10,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 
-import state_precision  # noqa: E402
+import state_precision
 
 
 def test_state_precision_runs_and_reports(tmp_path: Path) -> None:
     pytest.importorskip("PIL")
     policies = ["float32 state", "bfloat16 state, stochastic", "bfloat16 params, stochastic"]
-    state_precision.main(
-        ["--out", str(tmp_path), "--steps", "3", "--seeds", "1", "--tasks", "image"]
-        + ["--policies", *policies]
-    )
+    arguments = ["--out", str(tmp_path), "--steps", "3", "--seeds", "1", "--tasks", "image"]
+    state_precision.main([*arguments, "--policies", *policies])
     results = json.loads((tmp_path / "results.json").read_text())
     runs = {name: runs[0] for name, runs in results["image"].items()}
     assert list(runs) == policies
