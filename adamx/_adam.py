@@ -95,6 +95,7 @@ def adam(
     accumulation_dtype: Any = None,
     rounding_seed: int | None = None,
     skip_nonfinite: bool = False,
+    min_8bit_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Keras 3's `keras.optimizers.Adam` as an optax transformation: same arguments, same numbers.
 
@@ -131,7 +132,11 @@ def adam(
     dtype of each; None keeps the default, the arithmetic stays float32 or wider;
     `rounding_seed` rounds the moments, the EMA and bfloat16/float16 parameters stochastically
     where they are stored narrower than they are computed, see `adamx.scale_by_keras_adam` and
-    `adamx.stochastic_round_params`; the updates of such parameters are then float32) and
+    `adamx.stochastic_round_params`; the updates of such parameters are then float32;
+    `mu_dtype="8bit"` and `nu_dtype="8bit"` store the moments of tensors of `min_8bit_size`
+    elements or more (None: 4096) as 8-bit codes with a float32 scale per block of 256, about
+    2.03 bytes per parameter for both, see `adamx.scale_by_keras_adam`; not with a
+    `rounding_seed`) and
     `skip_nonfinite` (a call with a NaN or infinite gradient then changes nothing: parameters
     and every state leaf stay bit-identical, see `adamx.skip_nonfinite_updates`; by default, as
     in Keras, such a step is applied and the parameters become NaN). float16/bfloat16
@@ -173,6 +178,7 @@ def adam(
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
             rounding_seed=rounding_seed,
+            min_8bit_size=min_8bit_size,
         ),
         optax.scale(-1.0),
     ]
