@@ -38,7 +38,8 @@ class ScaleByKerasAdamState(NamedTuple):
     rounding_seed: jax.Array | None = None  # uint32[] with stochastic rounding, else None
     # With 8-bit moments (`mu_dtype="8bit"`, `nu_dtype="8bit"`), the codes are in `mu`, `nu`
     # and `nu_max`, and each tensor's per-block scales here (float32[*shape[:-1], blocks];
-    # float32[0] for tensors kept unquantised); None for moments stored as floats.
+    # float32[] for tensors kept as floats: Orbax cannot save empty arrays); None for moments
+    # stored as floats.
     mu_scales: optax.Updates | None = None
     nu_scales: optax.Updates | None = None
     nu_max_scales: optax.Updates | None = None
@@ -75,14 +76,14 @@ def _moment_zeros(
     params: optax.Params, dtype: Any, code: blockwise.Format, eight_bit: bool, in_8bit: Any
 ) -> tuple[Any, Any]:
     """Zero moments like `params` (stored in `dtype`, real for `UNSIGNED`), and with 8 bits
-    the zero per-block scales (float32[0] for tensors kept as floats), else None."""
+    the zero per-block scales (a float32 scalar for tensors kept as floats), else None."""
     real = not code.signed
     if not eight_bit:
         return zeros_in(params, dtype, real=real), None
 
     def zeros(path: Any, p: Any) -> _Pair:
         if not in_8bit(p, True):
-            return _Pair(zeros_in(p, None, real=real), jnp.zeros([0], jnp.float32))
+            return _Pair(zeros_in(p, None, real=real), jnp.zeros([], jnp.float32))
         if jnp.issubdtype(jnp.result_type(p), jnp.complexfloating):
             raise TypeError(
                 f"8-bit moments take real parameters; the leaf at '{path_str(path)}' is "
@@ -277,9 +278,9 @@ def scale_by_keras_adam(
             in_blocks = (in_8bit(g, eight_bit[0]), *[in_8bit(g, eight_bit[1])] * 2)
             used: Any = tuple(x if q else None for x, q in zip(scales, in_blocks, strict=True))
             outputs = _adam_leaf(hyper, scalars[compute], g, m, v, v_max, out_dtype, leaf, used)
-            # Tensors kept as floats keep an empty scale (a fresh one: passing the old one
-            # through costs XLA:CPU a copy kernel per tensor).
-            empty = (None if old is None else jnp.zeros([0], jnp.float32) for old in scales)
+            # Tensors kept as floats keep a placeholder scale (a fresh one: passing the old
+            # one through costs XLA:CPU a copy kernel per tensor).
+            empty = (None if old is None else jnp.zeros([], jnp.float32) for old in scales)
             new_scales = (
                 x if q else e for x, q, e in zip(outputs[4:], in_blocks, empty, strict=True)
             )
