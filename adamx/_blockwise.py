@@ -3,8 +3,8 @@
 A quantised tensor keeps two arrays: 8-bit codes in the tensor's own shape, and a float32
 scale per block of consecutive elements along the last axis, shape `shape[:-1] + (blocks,)`.
 Blocks hold `BLOCK` elements, or a power of two down to `MIN_BLOCK` that tiles the last axis
-(`block_size`). An element reads `decode(code) *
-scale`. Both arrays follow their parameter's layout, so they shard like it (`state_shardings`).
+(`block_size`). An element reads `decode(code) * scale`. Both arrays follow their parameter's
+layout, so they shard like it (`adamx.state_shardings`).
 
 The codes are 8-bit floats: the top bits of the float32 pattern of `x / scale`, rounded to
 nearest (ties away from zero), so that encoding and decoding are a few integer operations
@@ -94,18 +94,38 @@ def from_blocks(x: jax.Array, n: int) -> jax.Array:
     return x.reshape((*x.shape[:-2], -1))[..., :n]
 
 
-def block_max_abs(blocks: jax.Array) -> jax.Array:
-    """`max |x|` over each block of a `to_blocks` view, as one pass (max of x and of -x, a
-    variadic reduction: XLA:CPU runs `max(abs(x))` as a scalar loop, several times slower)."""
+def next_scales(blocks: jax.Array, moments: list[tuple[jax.Array, Any, Format, int]]) -> list:
+    """The scales of moments updated as `new = old + (g**power - old) * (1 - beta)`, for each
+    `(scales, beta, code, power)`: `|new| <= beta * |old| + (1 - beta) * max|g|**power` in
+    each block, so a block's bound is this running average of `max|g|**power`, and it maps
+    to the top code. (Not the block's exact maximum of `|new|`: a reduction over a computed
+    value that XLA:CPU runs as a scalar loop.)
+
+    One pass over the gradient's blocks for all the moments: a variadic reduction of
+    `beta * scale + (1 - beta) * (+-g)**power / top`, whose maximum is the formula above
+    (XLA:CPU vectorises it; `max(abs(g))` it runs as a scalar loop, several times slower)."""
     blocks = blocks.astype(jnp.float32)
+    operands = []
+    for scales, beta, code, power in moments:
+        base = (scales * beta)[..., None]
+        step = (1 - beta) / code.top
+        operands += (
+            [base + step * blocks**power, base - step * blocks]
+            if power == 1
+            else [base + step * blocks**power]
+        )
     low = np.float32(-np.inf)
-    high, negated = jax.lax.reduce(
-        (blocks, -blocks),
-        (low, low),
-        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.maximum(a[1], b[1])),
+    maxima = jax.lax.reduce(
+        tuple(operands),
+        (low,) * len(operands),
+        lambda a, b: tuple(jnp.maximum(x, y) for x, y in zip(a, b, strict=True)),
         (blocks.ndim - 1,),
     )
-    return jnp.maximum(high, negated)
+    new, i = [], 0
+    for _, _, _, power in moments:
+        new.append(jnp.maximum(maxima[i], maxima[i + 1]) if power == 1 else maxima[i])
+        i += 2 if power == 1 else 1
+    return new
 
 
 def encode(x: jax.Array, scales: jax.Array, code: Format) -> jax.Array:
@@ -138,12 +158,3 @@ def decode(codes: jax.Array, scales: jax.Array, code: Format, dtype: Any) -> jax
     else:
         unscaled = jax.lax.bitcast_convert_type((bits + _U32(code.bias)) << 20, jnp.float32)
     return unscaled.astype(dtype) * scales[..., None].astype(dtype)
-
-
-def next_scales(scales: jax.Array, beta: Any, bound: jax.Array, code: Format) -> jax.Array:
-    """The scales after `new = old + (x - old) * (1 - beta)` with `|x| <= bound` in each
-    block: `|new| <= beta * |old| + (1 - beta) * bound`, so the block's bound is this running
-    average of `bound`, and it maps to the top code. (Not the block's exact maximum of
-    `|new|`: that needs a reduction over a computed value, which XLA:CPU runs as a scalar loop.)
-    """
-    return (scales * beta + bound * ((1 - beta) / code.top)).astype(jnp.float32)

@@ -151,11 +151,11 @@ def scale_by_keras_adam(
 
     8-bit moments (`mu_dtype="8bit"`, `nu_dtype="8bit"`; not in Keras) store each tensor of
     `min_8bit_size` elements or more as 8-bit float codes with a float32 scale per block of 256
-    elements along its last axis (`adamx._blockwise`): about 1.03 bytes per element and
-    moment. `m` takes a signed code (4 exponent, 3 mantissa bits), `v` an unsigned one with
-    the range a second moment needs (5 exponent, 3 mantissa bits: 32 octaves), and v-hat
-    shares `v`'s. Each block's scale is a running bound of its largest magnitude, from the
-    block's largest `|g|`::
+    elements along its last axis (fewer where a power of two tiles the axis better; see
+    `adamx._blockwise`): about 1.02 bytes per element and moment. `m` takes a signed code
+    (4 exponent, 3 mantissa bits), `v` an unsigned one with the range a second moment needs
+    (5 exponent, 3 mantissa bits: 32 octaves), and v-hat shares `v`'s. Each block's scale is
+    a running bound of its largest magnitude, from the block's largest `|g|`::
 
         scale_m <- beta_1 * scale_m + (1 - beta_1) * max|g| / 448
         scale_v <- beta_2 * scale_v + (1 - beta_2) * max|g|**2 / 122880
@@ -165,8 +165,10 @@ def scale_by_keras_adam(
     state stores them rounded to nearest: within 2**-4, relative), so rounding reaches the
     parameters through the next calls only. A stored `v` never reads as 0 where its block has
     a scale, so `m / (sqrt(v) + epsilon)` stays bounded. Smaller tensors and scalars keep
-    their moments as floats (the parameters' dtype), as do all tensors with a float dtype
-    here; complex parameters in 8 bits are refused, and so is a `rounding_seed`.
+    their moments as floats (the parameters' dtype); complex parameters in 8 bits are
+    refused, and so is a `rounding_seed`. (bitsandbytes' and torchao's 8-bit Adam use the
+    block's exact maximum as its scale; a running bound needs no reduction over the new
+    moments, which XLA:CPU runs slowly; see `adamx/README.md`.)
 
     Given `commit` (a boolean scalar extra argument, see `adamx._commit`), the state is kept
     where it is False, and the output is computed from the kept moments, so that XLA updates
@@ -369,8 +371,11 @@ def _adam_leaf(
     if blocked:  # 8-bit moments: the arithmetic runs on `blockwise.to_blocks` views
         g, m, v = (blockwise.to_blocks(x) for x in (g, m, v))
         v_max = None if v_max is None else blockwise.to_blocks(v_max)
-    # max |g| over each block: 8-bit moments' scales bound the block's moments with it.
-    bound: Any = blockwise.block_max_abs(g) if blocked else None
+    # The new scales of 8-bit moments: one pass over the gradient's blocks.
+    moments = ((m_scales, beta_1, SIGNED, 1), (v_scales, beta_2, UNSIGNED, 2))
+    eight_bit = [moment for moment in moments if moment[0] is not None]
+    next_scales = iter(blockwise.next_scales(g, eight_bit) if blocked else ())
+    m_next, v_next = (None if x is None else next(next_scales) for x in (m_scales, v_scales))
 
     def stored(new: jax.Array, old: jax.Array, bits: Any) -> tuple[jax.Array, jax.Array]:
         """`new` as the state stores it, and as the step reads that back. Where `commit` is
@@ -383,32 +388,23 @@ def _adam_leaf(
 
     def kept(new: jax.Array, old: jax.Array, old_scales: Any, scales: Any, bits: Any) -> tuple:
         """(state leaf, value the step reads, scales) of a moment stored as floats (scales
-        None) or in 8 bits (`scales` a thunk of the new scales)."""
+        None) or in 8 bits (`scales` the new scales)."""
         if old_scales is None:
             return (*stored(new, old, bits), None)
-        return _stored_8bit(new, old, old_scales, scales(), commit)
+        return _stored_8bit(new, old, old_scales, scales, commit)
 
     g = g.astype(dtype)
     m_old = _read(m, m_scales, blockwise.SIGNED, dtype)
     v_old = _read(v, v_scales, blockwise.UNSIGNED, real)
     m_new = m_old + (g - m_old) * (1 - beta_1)
-    m, m_read, m_scales = kept(
-        m_new, m, m_scales, lambda: blockwise.next_scales(m_scales, beta_1, bound, SIGNED), bits
-    )
+    m, m_read, m_scales = kept(m_new, m, m_scales, m_next, bits)
     v_new = v_old + (abs_square(g) - v_old) * (1 - beta_2)
     v_bits = None if bits is None else swap_halves(bits)
-    v, v_read, v_scales = kept(
-        v_new,
-        v,
-        v_scales,
-        lambda: blockwise.next_scales(v_scales, beta_2, bound**2, UNSIGNED),
-        v_bits,
-    )
+    v, v_read, v_scales = kept(v_new, v, v_scales, v_next, v_bits)
     if amsgrad:
         v_max_new = jnp.maximum(_read(v_max, v_max_scales, UNSIGNED, real), v_read)
-        v_max, v_read, v_max_scales = kept(
-            v_max_new, v_max, v_max_scales, lambda: jnp.maximum(v_max_scales, v_scales), None
-        )
+        v_max_next = None if v_next is None else jnp.maximum(v_max_scales, v_next)
+        v_max, v_read, v_max_scales = kept(v_max_new, v_max, v_max_scales, v_max_next, None)
     root_v = jnp.sqrt(v_read)
     if nesterov:
         m_hat = beta_1 * m_read / s.b1_next_correction + (1 - beta_1) * g / s.b1_correction

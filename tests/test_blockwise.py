@@ -31,7 +31,7 @@ CODE_PRECISION = 2.0**-4
 
 def _round_trip(x: np.ndarray, code: blockwise.Format) -> tuple[np.ndarray, np.ndarray, Any]:
     blocks = blockwise.to_blocks(jnp.asarray(x))
-    scales = blockwise.block_max_abs(blocks) / code.top
+    scales = jnp.max(jnp.abs(blocks), axis=-1) / code.top  # the block's maximum to the top
     codes = blockwise.encode(blocks, scales, code)
     decoded = blockwise.decode(codes, scales, code, jnp.float32)
     n = x.shape[-1]
