@@ -55,47 +55,82 @@ def check_beta(name: str, value: Any) -> None:
     check_real(name, value, low=0.0, high=1.0, high_open=True)
 
 
-def _check_8bit(eight_bit: bool, min_8bit_size: Any, rounding_seed: Any) -> int:
-    """The smallest tensor stored in 8 bits; refuses what 8-bit moments do not support."""
-    if min_8bit_size is not None:
-        check_int("min_8bit_size", min_8bit_size, low=1)
-        if not eight_bit:
+class _Storage(NamedTuple):
+    """How the moments are stored: their float dtypes (None: the parameters'), whether m and
+    v are in 8 bits, and the smallest tensor stored in 8 bits (smaller ones keep floats)."""
+
+    floats: tuple[Any, Any]
+    eight_bit: tuple[bool, bool]
+    min_size: int
+
+    @classmethod
+    def of(cls, mu_dtype: Any, nu_dtype: Any, min_8bit_size: Any, rounding_seed: Any) -> Any:
+        """Checks the arguments, and refuses what 8-bit moments do not support."""
+        eight_bit = (check_storage("mu_dtype", mu_dtype), check_storage("nu_dtype", nu_dtype))
+        if min_8bit_size is not None:
+            check_int("min_8bit_size", min_8bit_size, low=1)
+            if not any(eight_bit):
+                raise ValueError(
+                    '`min_8bit_size` has no effect without `mu_dtype="8bit"` or `nu_dtype="8bit"`.'
+                )
+        if any(eight_bit) and rounding_seed is not None:
             raise ValueError(
-                '`min_8bit_size` has no effect without `mu_dtype="8bit"` or `nu_dtype="8bit"`.'
+                "`rounding_seed` rounds float moments stochastically; 8-bit moments round to "
+                "nearest only. Drop `rounding_seed`, or use float moments (for example "
+                "`mu_dtype=jnp.bfloat16`) to round them stochastically."
             )
-    if eight_bit and rounding_seed is not None:
-        raise ValueError(
-            "`rounding_seed` rounds float moments stochastically; 8-bit moments round to "
-            "nearest only. Drop `rounding_seed`, or use float moments (for example "
-            "`mu_dtype=jnp.bfloat16`) to round them stochastically."
+        floats = (None if eight_bit[0] else mu_dtype, None if eight_bit[1] else nu_dtype)
+        size = blockwise.MIN_8BIT_SIZE if min_8bit_size is None else min_8bit_size
+        return cls(floats, eight_bit, size)
+
+    def in_8bit(self, x: Any) -> tuple[bool, bool, bool]:
+        """Whether m, v and v-hat of a tensor like `x` are stored in 8 bits."""
+        large = blockwise.applies(jnp.shape(x), self.min_size)
+        return self.eight_bit[0] and large, self.eight_bit[1] and large, self.eight_bit[1] and large
+
+    def zeros(self, params: optax.Params, amsgrad: bool) -> dict[str, Any]:
+        """The initial moments and their scales, as `ScaleByKerasAdamState` fields."""
+        kinds = [("mu", 0, blockwise.SIGNED), ("nu", 1, blockwise.UNSIGNED)]
+        kinds += [("nu_max", 1, blockwise.UNSIGNED)] if amsgrad else []
+        fields = {"nu_max": None, "nu_max_scales": None}
+        for name, i, code in kinds:
+            fields[name], fields[f"{name}_scales"] = self._zeros(params, i, code)
+        return fields
+
+    def _zeros(self, params: optax.Params, i: int, code: blockwise.Format) -> tuple[Any, Any]:
+        real = not code.signed  # a second moment is real for complex parameters
+        if not self.eight_bit[i]:
+            return zeros_in(params, self.floats[i], real=real), None
+
+        def zeros(path: Any, p: Any) -> _Pair:
+            if not self.in_8bit(p)[i]:  # kept as floats, with a placeholder scale
+                return _Pair(zeros_in(p, None, real=real), jnp.zeros([], jnp.float32))
+            if jnp.issubdtype(jnp.result_type(p), jnp.complexfloating):
+                raise TypeError(
+                    f"8-bit moments take real parameters; the leaf at '{path_str(path)}' is "
+                    f"{jnp.result_type(p)}. Keep complex parameters out of `mu_dtype`/"
+                    '`nu_dtype` "8bit" (for example with `optax.partition`), or raise '
+                    "`min_8bit_size`."
+                )
+            return _Pair(*blockwise.zeros(p, code))
+
+        pairs = jax.tree_util.tree_map_with_path(zeros, params)
+        is_pair = lambda x: isinstance(x, _Pair)  # noqa: E731
+        values = jax.tree.map(lambda x: x.values, pairs, is_leaf=is_pair)
+        return values, jax.tree.map(lambda x: x.scales, pairs, is_leaf=is_pair)
+
+    def used_scales(self, g: jax.Array, scales: tuple[Any, ...]) -> Any:
+        """A leaf's scales of m, v and v-hat where stored in 8 bits; None for floats."""
+        return tuple(x if q else None for x, q in zip(scales, self.in_8bit(g), strict=True))
+
+    def new_scales(self, g: jax.Array, old: tuple[Any, ...], new: tuple[Any, ...]) -> tuple:
+        """A leaf's scales after the step: the new ones where stored in 8 bits, a fresh
+        placeholder where the tensor keeps floats (passing the old one through costs XLA:CPU
+        a copy kernel per tensor)."""
+        return tuple(
+            None if o is None else n if q else jnp.zeros([], jnp.float32)
+            for o, n, q in zip(old, new, self.in_8bit(g), strict=True)
         )
-    return blockwise.MIN_8BIT_SIZE if min_8bit_size is None else min_8bit_size
-
-
-def _moment_zeros(
-    params: optax.Params, dtype: Any, code: blockwise.Format, eight_bit: bool, in_8bit: Any
-) -> tuple[Any, Any]:
-    """Zero moments like `params` (stored in `dtype`, real for `UNSIGNED`), and with 8 bits
-    the zero per-block scales (a float32 scalar for tensors kept as floats), else None."""
-    real = not code.signed
-    if not eight_bit:
-        return zeros_in(params, dtype, real=real), None
-
-    def zeros(path: Any, p: Any) -> _Pair:
-        if not in_8bit(p, True):
-            return _Pair(zeros_in(p, None, real=real), jnp.zeros([], jnp.float32))
-        if jnp.issubdtype(jnp.result_type(p), jnp.complexfloating):
-            raise TypeError(
-                f"8-bit moments take real parameters; the leaf at '{path_str(path)}' is "
-                f"{jnp.result_type(p)}. Keep complex parameters out of `mu_dtype`/`nu_dtype`"
-                ' "8bit" (for example with `optax.partition`), or raise `min_8bit_size`.'
-            )
-        return _Pair(*blockwise.zeros(p, code))
-
-    pairs = jax.tree_util.tree_map_with_path(zeros, params)
-    is_pair = lambda x: isinstance(x, _Pair)  # noqa: E731
-    values = jax.tree.map(lambda x: x.values, pairs, is_leaf=is_pair)
-    return values, jax.tree.map(lambda x: x.scales, pairs, is_leaf=is_pair)
 
 
 class _Pair(NamedTuple):
@@ -209,18 +244,9 @@ def scale_by_keras_adam(
     check_real("epsilon", epsilon, low=0.0, low_open=True)
     check_bool("amsgrad", amsgrad)
     check_bool("nesterov", nesterov)
-    eight_bit = (check_storage("mu_dtype", mu_dtype), check_storage("nu_dtype", nu_dtype))
     check_seed("rounding_seed", rounding_seed)
-    min_size = _check_8bit(any(eight_bit), min_8bit_size, rounding_seed)
-    # The float storage: with 8 bits, tensors too small for them keep the parameters' dtype.
-    mu_floats, nu_floats = (
-        None if q else d for q, d in zip(eight_bit, (mu_dtype, nu_dtype), strict=True)
-    )
+    storage = _Storage.of(mu_dtype, nu_dtype, min_8bit_size, rounding_seed)
     schedule = learning_rate_schedule(learning_rate)
-
-    def in_8bit(x: Any, eight_bit: bool) -> bool:
-        """Whether a moment of `x` is stored in 8 bits."""
-        return eight_bit and blockwise.applies(jnp.shape(x), min_size)
 
     def rate(count: jax.Array) -> jax.Array:
         # A copy: a schedule may return an array it keeps, and states get donated.
@@ -229,23 +255,11 @@ def scale_by_keras_adam(
     def init_fn(params: optax.Params) -> ScaleByKerasAdamState:
         check_floating(params)
         count = jnp.zeros([], jnp.int32)
-        mu, mu_scales = _moment_zeros(params, mu_floats, blockwise.SIGNED, eight_bit[0], in_8bit)
-        nu, nu_scales = _moment_zeros(params, nu_floats, blockwise.UNSIGNED, eight_bit[1], in_8bit)
-        nu_max, nu_max_scales = (
-            _moment_zeros(params, nu_floats, blockwise.UNSIGNED, eight_bit[1], in_8bit)
-            if amsgrad
-            else (None, None)
-        )
         return ScaleByKerasAdamState(
             count=count,
             next_learning_rate=rate(count),
-            mu=mu,
-            nu=nu,
-            nu_max=nu_max,
             rounding_seed=None if rounding_seed is None else jnp.asarray(rounding_seed, jnp.uint32),
-            mu_scales=mu_scales,
-            nu_scales=nu_scales,
-            nu_max_scales=nu_max_scales,
+            **storage.zeros(params, amsgrad),
         )
 
     def update_fn(
@@ -266,8 +280,6 @@ def scale_by_keras_adam(
         seed = state.rounding_seed
         key = None if seed is None else rounding_key(seed, step, 1)
         hyper = (beta_1, beta_2, epsilon, amsgrad, nesterov, commit, key)
-        leaf_index = leaf_indices(state.nu)
-        nones = jax.tree.map(lambda _: None, leaf_index)
 
         def one_leaf(g: jax.Array, m: jax.Array, v: jax.Array, v_max: Any, *rest: Any) -> tuple:
             leaf, scales = rest[0], rest[1:]
@@ -276,37 +288,22 @@ def scale_by_keras_adam(
             # parameters' own rounding (`stochastic_round_params`).
             compute = _real_compute_dtype(g, m, v)
             out_dtype = compute if seed is not None else (v if nu_dtype is None else g).dtype
-            # The moments this leaf keeps in 8 bits get their scales; floats get None.
-            in_blocks = (in_8bit(g, eight_bit[0]), *[in_8bit(g, eight_bit[1])] * 2)
-            used: Any = tuple(x if q else None for x, q in zip(scales, in_blocks, strict=True))
+            used = storage.used_scales(g, scales)
             outputs = _adam_leaf(hyper, scalars[compute], g, m, v, v_max, out_dtype, leaf, used)
-            # Tensors kept as floats keep a placeholder scale (a fresh one: passing the old
-            # one through costs XLA:CPU a copy kernel per tensor).
-            empty = (None if old is None else jnp.zeros([], jnp.float32) for old in scales)
-            new_scales = (
-                x if q else e for x, q, e in zip(outputs[4:], in_blocks, empty, strict=True)
-            )
-            return *outputs[:4], *new_scales
+            return *outputs[:4], *storage.new_scales(g, scales, outputs[4:])
 
         nu_max = state.nu_max if amsgrad else state.nu
-        scale_trees = (state.mu_scales, state.nu_scales, state.nu_max_scales)
-        trees = (
-            updates,
-            state.mu,
-            state.nu,
-            nu_max,
-            leaf_index,
-            *(nones if x is None else x for x in scale_trees),
-        )
+        scales = (state.mu_scales, state.nu_scales, state.nu_max_scales)
+        nones = jax.tree.map(lambda _: None, state.nu)  # no scales: moments stored as floats
+        trees: tuple[Any, ...] = (updates, state.mu, state.nu, nu_max, leaf_indices(state.nu))
+        trees += tuple(nones if x is None else x for x in scales)
         out, mu, nu, nu_max, *new_scales = tree_map_multi(one_leaf, 7, *trees)
         count, next_rate = commit_state(
             commit, (step, rate(step)), (state.count, state.next_learning_rate)
         )
         nu_max = nu_max if amsgrad else None
-        scales = (
-            None if old is None else x for x, old in zip(new_scales, scale_trees, strict=True)
-        )
-        return out, ScaleByKerasAdamState(count, next_rate, mu, nu, nu_max, seed, *scales)
+        new_scales = [None if x is None else y for x, y in zip(scales, new_scales, strict=True)]
+        return out, ScaleByKerasAdamState(count, next_rate, mu, nu, nu_max, seed, *new_scales)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
