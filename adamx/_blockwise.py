@@ -59,15 +59,18 @@ def applies(shape: tuple[int, ...], min_size: int) -> bool:
 
 
 def block_size(n: int) -> int:
-    """The block of a last axis of `n` elements: the largest power of two up to `BLOCK` that
-    divides `n` (384 -> 128), if at least `MIN_BLOCK`; otherwise `BLOCK`, or the power of two
-    at or above `n` when that is smaller, with the last block padded. (XLA:CPU vectorises the
-    per-block arithmetic for power-of-two blocks only: blocks of 192 run 2x slower, measured;
-    padding, 6x.)"""
+    """The block of a last axis of `n` elements, chosen to tile it: the largest power of two
+    up to `BLOCK` that divides `n` (384 -> 128) if at least `MIN_BLOCK`; else the whole axis
+    if it is at most `BLOCK` (80 -> 80); else its largest divisor from `BLOCK / 2` to `BLOCK`
+    (1000 -> 250); else `BLOCK`, the last block padded (slower). XLA:CPU vectorises the
+    per-block arithmetic best for power-of-two blocks (blocks of 192: 2x slower, measured);
+    padding costs float32 temporaries (6x)."""
     divisor = min(n & -n, BLOCK)
     if divisor >= MIN_BLOCK:
         return divisor
-    return min(BLOCK, 1 << max(n - 1, 0).bit_length())
+    if n <= BLOCK:
+        return max(n, 1)
+    return next((b for b in range(BLOCK, BLOCK // 2 - 1, -1) if n % b == 0), BLOCK)
 
 
 def zeros(param: Any, code: Format) -> tuple[jax.Array, jax.Array]:
