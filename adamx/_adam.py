@@ -95,6 +95,7 @@ def adam(
     accumulation_dtype: Any = None,
     rounding_seed: int | None = None,
     skip_nonfinite: bool = False,
+    min_8bit_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Keras 3's `keras.optimizers.Adam` as an optax transformation: same arguments, same numbers.
 
@@ -169,9 +170,12 @@ def adam(
         callable of the parameters returning one; see `adamx.decayed_paths`. Needs
         `weight_decay`. Default None (decay every leaf).
       mu_dtype: (keyword-only) storage dtype of the first moment; None keeps the parameters'.
-        The arithmetic stays float32 or wider.
+        The arithmetic stays float32 or wider. `"8bit"` stores the moment of every tensor of
+        `min_8bit_size` elements or more as 8-bit codes with a float32 scale per block of up to
+        256 elements (see `adamx.scale_by_keras_adam`); not with a `rounding_seed`.
       nu_dtype: (keyword-only) storage dtype of the second moment and of v-hat; None keeps the
-        parameters' (real) dtype.
+        parameters' (real) dtype; `"8bit"` as for `mu_dtype` (about 2.03 bytes per parameter
+        for both moments).
       ema_dtype: (keyword-only) storage dtype of the EMA; None keeps the parameters'.
       accumulation_dtype: (keyword-only) storage dtype of the gradient sums; None: float32, or
         float64 if a parameter is.
@@ -184,6 +188,8 @@ def adam(
         parameters and every state leaf stay bit-identical, and the state counts the skip (see
         `adamx.skip_nonfinite_updates`). Default False: as in Keras, such a step is applied
         and the parameters become NaN.
+      min_8bit_size: (keyword-only) with an `"8bit"` moment, the fewest elements a tensor needs
+        to be stored in 8 bits (smaller ones keep the parameters' dtype); None: 4096.
 
     Returns:
       An optax `GradientTransformationExtraArgs` (an `adamx.Committable`): `init(params)` and
@@ -218,6 +224,7 @@ def adam(
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
             rounding_seed=rounding_seed,
+            min_8bit_size=min_8bit_size,
         ),
         optax.scale(-1.0),
     ]

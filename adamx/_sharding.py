@@ -6,9 +6,11 @@ import math
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
+from adamx._blockwise import block_size
 from adamx._trees import path_str
 
 # Leaves smaller than this (elements) stay whole under `shard_over`: 64 KiB of float32, where a
@@ -44,21 +46,36 @@ def _full_spec(sharding: NamedSharding, ndim: int) -> tuple[Any, ...]:
     return tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
 
 
-def _axis_size(sharding: NamedSharding, entry: Any) -> int:
-    names = entry if isinstance(entry, tuple) else (entry,)
-    return math.prod(sharding.mesh.shape[name] for name in names if name is not None)
+def _scales_sharding(sharding: Sharding, shape: tuple[int, ...]) -> Sharding:
+    """The sharding of an 8-bit moment's per-block scales (`adamx._blockwise`), for a
+    parameter of `shape` and `sharding`: the parameter's, with the last axis replicated where
+    its shards would split a block."""
+    if not isinstance(sharding, NamedSharding):
+        return sharding
+    spec = list(_full_spec(sharding, len(shape)))
+    last = spec[-1]
+    axes = () if last is None else (last,) if isinstance(last, str) else tuple(last)
+    shards = int(np.prod([sharding.mesh.shape[axis] for axis in axes], dtype=np.int64))
+    if shape[-1] % (shards * block_size(shape[-1])):
+        spec[-1] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def _is_scales(leaf_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a state leaf of `leaf_shape` holds the per-block scales of a parameter."""
+    if not shape or leaf_shape == shape:
+        return False
+    return leaf_shape == (*shape[:-1], -(-shape[-1] // block_size(shape[-1])))
 
 
 def _like_param(leaf: Any, param: Any, sharding: Sharding, replicated: Sharding) -> Sharding:
-    """A parameter's own sharding for a leaf of its shape; for a leaf of its rank but other
-    sizes (per-block scales), the parameter's spec on every dimension its axes still divide."""
+    """A parameter's sharding for a state leaf of its shape or for its 8-bit moment's scales;
+    `replicated` for any other leaf."""
     if leaf.shape == param.shape:
         return sharding
-    if leaf.ndim != param.ndim or not isinstance(sharding, NamedSharding):
-        return replicated
-    spec = zip(_full_spec(sharding, leaf.ndim), leaf.shape, strict=True)
-    kept = [e if n % _axis_size(sharding, e) == 0 else None for e, n in spec]
-    return NamedSharding(sharding.mesh, PartitionSpec(*kept))
+    if _is_scales(leaf.shape, param.shape):
+        return _scales_sharding(sharding, param.shape)
+    return replicated
 
 
 def _split_over(axis: str, min_size: int, sharding: Sharding, leaf: Any) -> Sharding:
@@ -88,10 +105,10 @@ def state_shardings(
 
     By default the state follows the parameters: a state leaf in a copy of the parameter tree
     (Adam's moments, v-hat, the EMA average, the gradient accumulator, a lower-precision or
-    quantised copy; found as `optax.tree_map_params` finds them) gets its parameter's sharding
-    (a leaf of its rank with other sizes, such as per-block scales, keeps the parameter's spec
-    where the sizes allow); every other leaf (counters, the learning rate, the loss scale) is
-    replicated on the parameters' mesh.
+    quantised copy; found as `optax.tree_map_params` finds them) gets its parameter's sharding;
+    the per-block scales of 8-bit moments too, with their last axis replicated where the
+    parameter's shards would split a block; every other leaf (counters, the learning rate,
+    the loss scale) is replicated on the parameters' mesh.
 
     With `shard_over="data"` the state is also split over that mesh axis while the parameters
     stay as they are: ZeRO stage 1, for data parallelism with replicated parameters. Each leaf

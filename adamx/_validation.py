@@ -111,6 +111,23 @@ def check_dtype(name: str, dtype: Any) -> None:
         )
 
 
+def check_storage(name: str, value: Any) -> bool:
+    """Checks a moment's storage: None, a real floating dtype, or the string "8bit" (8-bit
+    blockwise codes, `adamx._blockwise`); returns whether it is "8bit"."""
+    if isinstance(value, str) and value.lower().replace("-", "") == "8bit":
+        if value != "8bit":
+            raise ValueError(f'`{name}` must be "8bit" for 8-bit moments. Received: {value!r}')
+        return True
+    try:
+        check_dtype(name, value)
+    except TypeError:
+        raise TypeError(
+            f'`{name}` must be None, a real floating dtype (for example jnp.bfloat16) or "8bit" '
+            f"(8-bit blockwise moments). Received: {name}={value!r}"
+        ) from None
+    return False
+
+
 def check_seed(name: str, value: Any) -> None:
     """None, or a Python integer in [0, 2**32) (a uint32 seed kept in the state)."""
     if value is None:

@@ -19,8 +19,10 @@ the call, and clips the unscaled gradients. "adamx grouped" runs on `adamx.group
 and gradients (one flat buffer per dtype); "grouped, leaf grads" groups per-leaf gradients inside
 the step, the cost of a model whose gradients are not computed through `ungroup()`. "bf16
 state" stores both moments in bfloat16 (computed in float32), rounded to nearest or
-stochastically. torch (`fused=True`, `foreach=True`) joins when installed; the run names the
-peers it leaves out, and why.
+stochastically; "8-bit moments" stores them as 8-bit codes with a scale per block of 256
+(`mu_dtype="8bit", nu_dtype="8bit"`; tensors under 4096 elements keep float32). torch
+(`fused=True`, `foreach=True`) joins when installed; the run names the peers it leaves out,
+and why.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ ALL_FEATURES: dict[str, Any] = {
 }
 WITH_ACCUMULATION = {**ALL_FEATURES, "gradient_accumulation_steps": 4}
 BFLOAT16_STATE = {"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16}
+EIGHT_BIT_STATE: dict[str, Any] = {"mu_dtype": "8bit", "nu_dtype": "8bit"}
 Step = Callable[[Any, Any, Any], tuple[Any, Any]]  # (params, state, grads) -> (params, state)
 
 
@@ -363,6 +366,7 @@ def candidates_for(
         "adamx.adam(amsgrad=True)": jax_one(adamx.adam(amsgrad=True)),
         "adamx bf16 state": jax_one(adamx.adam(**BFLOAT16_STATE)),
         "adamx bf16 state, stochastic": jax_one(adamx.adam(**BFLOAT16_STATE, rounding_seed=0)),
+        "adamx 8-bit moments": jax_one(adamx.adam(**EIGHT_BIT_STATE)),
         "adamx.adam(all features)": jax_one(adamx.adam(**ALL_FEATURES)),
         "adamx.adam(all + accum. 4)": jax_one(adamx.adam(**WITH_ACCUMULATION)),
         "adamx loss scaling": jax_one(adamx.loss_scale_optimizer(adamx.adam(global_clipnorm=1.0))),

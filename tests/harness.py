@@ -98,6 +98,10 @@ CONTRACT_CONFIGS: dict[str, Callable[[float], optax.GradientTransformation]] = {
         ema_dtype=jnp.bfloat16,
         rounding_seed=0,
     ),
+    # Every tensor but scalars in 8 bits (`min_8bit_size=1`), v-hat too.
+    "8-bit moments": lambda lr: adamx.adam(
+        lr, amsgrad=True, mu_dtype="8bit", nu_dtype="8bit", min_8bit_size=1
+    ),
     "loss_scale_optimizer": lambda lr: adamx.loss_scale_optimizer(
         adamx.adam(lr, global_clipnorm=10.0), initial_scale=2.0**10, dynamic_growth_steps=50
     ),

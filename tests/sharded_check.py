@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adamx
+from adamx._sharding import _is_scales, _scales_sharding
 from adamx._trees import path_str
 
 AxisType = getattr(jax.sharding, "AxisType", None)  # absent before jax 0.6
@@ -94,6 +95,11 @@ def print_and_check_placement(label: str, state: Any, params: Any) -> None:
         if suffix is not None and leaf.shape == param_paths[suffix].shape:
             param = param_paths[suffix]
             assert leaf.sharding.is_equivalent_to(param.sharding, leaf.ndim), (label, path)
+        elif suffix is not None and _is_scales(leaf.shape, param_paths[suffix].shape):
+            # 8-bit moments' per-block scales: the parameter's layout where blocks allow it
+            param = param_paths[suffix]
+            expected = _scales_sharding(param.sharding, param.shape)
+            assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (label, path, expected)
         else:
             assert leaf.sharding.is_fully_replicated, (label, path)
 

@@ -32,6 +32,9 @@ FACTORIES: dict[str, Callable[[], optax.GradientTransformation]] = {
     "loss_scale_optimizer": lambda: adamx.loss_scale_optimizer(adamx.adam(), 8.0, 2),
     "skip_missing_gradients": lambda: adamx.skip_missing_gradients(adamx.scale_by_keras_adam()),
     "adam": lambda: adamx.adam(),
+    "adam/8-bit moments": lambda: adamx.adam(
+        amsgrad=True, mu_dtype="8bit", nu_dtype="8bit", min_8bit_size=2, skip_nonfinite=True
+    ),
     "adam/everything": lambda: adamx.adam(
         optax.linear_schedule(0.01, 0.001, 10),
         amsgrad=True,

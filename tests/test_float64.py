@@ -51,13 +51,20 @@ SCRIPT = textwrap.dedent(
         if bfloat16_state:
             assert {x.dtype for x in wide} == {jnp.dtype(jnp.bfloat16)}, name
             wide = []
+        eight_bit = name == "8-bit moments"  # float8 codes, float32 scales on purpose
+        if eight_bit:
+            codes = {jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.float32)}
+            assert {x.dtype for x in wide} <= codes, name
+            wide = []
         for x in [*jax.tree.leaves(params), *jax.tree.leaves(updates), *wide]:
             assert x.dtype == jnp.float64, (name, x.dtype)
         narrow, _, _ = run(make(0.01), jnp.float32)
         # bfloat16 state: where float32 and float64 results straddle a rounding boundary, one
         # stored moment differs by a bfloat16 ulp, and so does that step: bounded by 2% of
         # the movement (6 steps of at most lr = 0.01).
-        atol = 0.02 * 6 * 0.01 if bfloat16_state else 1e-6
+        # 8-bit moments: the state's rounding (2**-4 relative) moves each later step by up to
+        # about twice that; bounded by 25% of the movement (6 steps of at most lr = 0.01).
+        atol = 0.02 * 6 * 0.01 if bfloat16_state else 0.25 * 6 * 0.01 if eight_bit else 1e-6
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(narrow), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=name)
     print("float64 ok")

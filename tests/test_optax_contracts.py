@@ -71,9 +71,10 @@ def test_minimises_rosenbrock(name: str) -> None:
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=str)
 @pytest.mark.parametrize("name", IDS)
 def test_updates_and_moments_keep_the_parameter_dtype(name: str, dtype: Any) -> None:
-    """Moments in the parameters' dtype, unless the configuration sets their storage dtype.
-    With stochastic rounding, updates of narrow parameters are float32: they land exactly on
-    the stochastically rounded value (`stochastic_round_params`)."""
+    """Moments in the parameters' dtype, unless the configuration sets their storage dtype
+    (8-bit moments: codes for every tensor but scalars, here). With stochastic rounding,
+    updates of narrow parameters are float32: they land exactly on the stochastically rounded
+    value (`stochastic_round_params`)."""
     rounding = name.startswith("bfloat16 state")
     update_dtype = jnp.float32 if rounding and dtype != jnp.float32 else dtype
     params = {"kernel": jnp.ones((2, 3), dtype), "bias": jnp.zeros(3, dtype)}
@@ -85,6 +86,10 @@ def test_updates_and_moments_keep_the_parameter_dtype(name: str, dtype: Any) -> 
         params = optax.apply_updates(params, updates)
         assert all(p.dtype == dtype for p in jax.tree.leaves(params))
     moments = adamx._state.find_state(state, adamx.ScaleByKerasAdamState)
+    if name == "8-bit moments":  # 8-bit codes (the moments' storage, not their arithmetic)
+        assert {x.dtype for x in jax.tree.leaves(moments.mu)} == {jnp.dtype(jnp.float8_e4m3fn)}
+        assert {x.dtype for x in jax.tree.leaves(moments.nu)} == {jnp.dtype(jnp.uint8)}
+        return
     stored = jnp.bfloat16 if rounding else dtype
     assert all(x.dtype == stored for x in jax.tree.leaves((moments.mu, moments.nu)))
 

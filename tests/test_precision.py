@@ -229,9 +229,9 @@ def test_bfloat16_moments_take_4_bytes_per_parameter() -> None:
 @pytest.mark.parametrize(
     ("arguments", "match"),
     [
-        ({"nu_dtype": jnp.int8}, "`nu_dtype` must be a real floating dtype"),
-        ({"nu_dtype": jnp.complex64}, "`nu_dtype` must be a real floating dtype"),
-        ({"mu_dtype": "bfloat17"}, "`mu_dtype` must be a real floating dtype"),
+        ({"nu_dtype": jnp.int8}, "`nu_dtype` must be None, a real floating dtype"),
+        ({"nu_dtype": jnp.complex64}, "`nu_dtype` must be None, a real floating dtype"),
+        ({"mu_dtype": "bfloat17"}, "`mu_dtype` must be None, a real floating dtype"),
         ({"ema_dtype": BF16}, "`ema_dtype` has no effect without `use_ema=True`"),
         ({"accumulation_dtype": BF16}, "`accumulation_dtype` has no effect without"),
         ({"use_ema": True, "ema_dtype": "int32"}, "`ema_dtype` must be a real floating dtype"),
