@@ -187,7 +187,7 @@ def scale_by_keras_adam(
     8-bit moments (`mu_dtype="8bit"`, `nu_dtype="8bit"`; not in Keras) store each tensor of
     `min_8bit_size` elements or more as 8-bit float codes with a float32 scale per block of 256
     elements along its last axis (fewer where a power of two tiles the axis better; see
-    `adamx._blockwise`): about 1.02 bytes per element and moment. `m` takes a signed code
+    the design notes): about 1.02 bytes per element and moment. `m` takes a signed code
     (4 exponent, 3 mantissa bits), `v` an unsigned one with the range a second moment needs
     (5 exponent, 3 mantissa bits: 32 octaves), and v-hat shares `v`'s. Each block's scale is
     a running bound of its largest magnitude, from the block's largest `|g|`::
@@ -203,7 +203,7 @@ def scale_by_keras_adam(
     their moments as floats (the parameters' dtype); complex parameters in 8 bits are
     refused, and so is a `rounding_seed`. (bitsandbytes' and torchao's 8-bit Adam use the
     block's exact maximum as its scale; a running bound needs no reduction over the new
-    moments, which XLA:CPU runs slowly; see `adamx/README.md`.)
+    moments, which XLA:CPU runs slowly; see the design notes.)
 
     Given `commit` (a boolean scalar extra argument, see `adamx.Committable`), the state is kept
     where it is False, and the output is computed from the kept moments, so that XLA updates

@@ -298,6 +298,7 @@ NAMES = [  # every candidate, in the order of the table
     "adamx.adam(amsgrad=True)",
     "adamx bf16 state",
     "adamx bf16 state, stochastic",
+    "adamx 8-bit moments",
     "adamx.adam(all features)",
     "adamx.adam(all + accum. 4)",
     "adamx loss scaling",

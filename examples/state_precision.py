@@ -10,7 +10,8 @@ Python and matplotlib (nothing is downloaded):
 
 and reports the final validation loss (mean and spread over seeds), the optimizer state's bytes
 per parameter (counted from the state pytree) and the median step time against float32 state,
-all measured in this one run. Run it with
+all measured in this one run. (Tensors under 4096 elements keep float32 moments under "8-bit
+moments", as in bitsandbytes: on these small models that is most of the bytes.) Run it with
 
     python examples/state_precision.py --out precision-out
 
@@ -53,6 +54,7 @@ POLICIES: dict[str, Callable[[int], Policy]] = {
     "bfloat16 state, stochastic": lambda seed: Policy(
         {"mu_dtype": BF16, "nu_dtype": BF16, "rounding_seed": seed}
     ),
+    "8-bit moments": lambda seed: Policy({"mu_dtype": "8bit", "nu_dtype": "8bit"}),
     # Parameters in bfloat16, computing in bfloat16; the moments stay float32 in all three.
     "float32 master weights": lambda seed: Policy({}, compute_dtype=BF16),
     "bfloat16 params, nearest": lambda seed: Policy(F32_MOMENTS, BF16, BF16),
