@@ -186,9 +186,9 @@ def adam(
         and the parameters become NaN.
 
     Returns:
-      An optax `GradientTransformationExtraArgs` (an `adamx.Committable`): `init(params)` and
-      `update(grads, state, params)`, whose updates `optax.apply_updates` adds to the
-      parameters.
+      An optax `GradientTransformationExtraArgs`, also an `adamx.Committable`, with
+      `init(params)` and `update(grads, state, params)`, whose updates `optax.apply_updates`
+      adds to the parameters.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx
