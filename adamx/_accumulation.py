@@ -16,6 +16,8 @@ from adamx._validation import check_dtype, check_int, check_transformation
 
 
 class AccumulateGradientsState(NamedTuple):
+    """State of `accumulate_gradients`: the position in the cycle, the sums and the inner state."""
+
     mini_step: jax.Array  # int32[]: calls into the current cycle, 0 to N - 1
     acc_grads: optax.Updates  # like params, float32 at least: the sums (see below)
     carry: jax.Array  # bool[number of leaves]: the next call adds to the leaf's sum

@@ -192,9 +192,9 @@ def adam(
         to be stored in 8 bits (smaller ones keep the parameters' dtype); None: 4096.
 
     Returns:
-      An optax `GradientTransformationExtraArgs` (an `adamx.Committable`): `init(params)` and
-      `update(grads, state, params)`, whose updates `optax.apply_updates` adds to the
-      parameters.
+      An optax `GradientTransformationExtraArgs`, also an `adamx.Committable`, with
+      `init(params)` and `update(grads, state, params)`, whose updates `optax.apply_updates`
+      adds to the parameters.
 
     Example:
       >>> import jax.numpy as jnp, optax, adamx

@@ -17,6 +17,8 @@ from adamx._validation import check_dtype, check_int, check_real, check_seed
 
 
 class ParamsEmaState(NamedTuple):
+    """State of `ema_of_params`: Keras's raw call counter and the moving average."""
+
     calls: jax.Array  # int32[]: calls so far (Keras's raw counter `it`)
     average: optax.Params  # like params: the moving average (Keras `<var>_average`)
     rounding_seed: jax.Array | None = None  # uint32[] with stochastic rounding, else None

@@ -130,7 +130,7 @@ def group_leaves(params: Any, exclude_from_weight_decay: Exclusion = None) -> Gr
         get buffers of their own; None if weight decay applies to every leaf (or is off).
 
     Returns:
-      `adamx.GroupedParams`: a pytree of one flat buffer per dtype (and decay group).
+      An `adamx.GroupedParams`, a pytree of one flat buffer per dtype (and decay group).
     """
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
     if not leaves_with_paths:

@@ -282,7 +282,7 @@ def from_keras_optimizer(
         from `model.trainable_variables`).
 
     Returns:
-      `(tx, state)`: the adamx optimizer and its state, continuing Keras's.
+      A pair `(tx, state)`, the adamx optimizer and its state, continuing Keras's.
     """
     inner, scaler = _check_optimizer(optimizer)
     variables = list(inner._trainable_variables)

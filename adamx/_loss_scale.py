@@ -28,11 +28,15 @@ _PRODUCT_DTYPES = (jnp.float32, jnp.float64)  # where `g * (1/S)` is `g / S` for
 
 
 class StaticLossScaleState(NamedTuple):
+    """State of `static_loss_scale`: the constant factor and the inner state."""
+
     loss_scale: jax.Array  # float32[]: the constant factor, kept for `scale_loss`
     inner_state: Any  # the wrapped optimizer's state
 
 
 class DynamicLossScaleState(NamedTuple):
+    """State of `loss_scale_optimizer`: the current scale, its growth counter, the inner state."""
+
     loss_scale: jax.Array  # float32[]: the current scale S (Keras `dynamic_scale`)
     growth_count: jax.Array  # int32[]: finite calls since the last change (Keras `step_counter`)
     inner_state: Any  # the wrapped optimizer's state

@@ -14,6 +14,8 @@ from adamx._validation import check_transformation
 
 
 class SkipNonFiniteState(NamedTuple):
+    """State of `skip_nonfinite_updates`: the number of skipped calls and the inner state."""
+
     skipped: jax.Array  # int32[]: calls skipped so far (saturates at 2**31 - 1)
     inner_state: Any  # the wrapped optimizer's state
 

@@ -87,6 +87,8 @@ def round_to(x: jax.Array, dtype: Any, bits: jax.Array | None) -> jax.Array:
 
 
 class StochasticRoundParamsState(NamedTuple):
+    """State of `stochastic_round_params`: the update count and the seed."""
+
     steps: jax.Array  # int32[]: updates so far, which the random bits read
     rounding_seed: jax.Array  # uint32[]
 

@@ -17,6 +17,8 @@ from adamx._validation import check_real
 
 
 class DecoupledWeightDecayState(NamedTuple):
+    """State of `decoupled_weight_decay`: where the learning-rate schedule is read."""
+
     lr_step: jax.Array  # int32[]: updates applied so far: where the learning-rate schedule is read
 
 

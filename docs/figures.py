@@ -34,7 +34,7 @@ def results(page: Path) -> list[tuple[str, list[float]]]:
 
 def draw(rows: list[tuple[str, list[float]]], out: Path) -> None:
     plt.rcParams.update({"svg.hashsalt": "adamx", "svg.fonttype": "none", "font.size": 9})
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.6))
     height = 0.26
     for k, tree in enumerate(TREES):
         ys = [i + (k - 1) * height for i in range(len(rows))]
@@ -47,7 +47,7 @@ def draw(rows: list[tuple[str, list[float]]], out: Path) -> None:
     ax.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
     ax.set_xlabel("median step time / optax.adam's (log scale; lower is faster)")
     ax.set_title("One jitted, donated update step on a 2-core CPU")
-    ax.legend(loc="lower right", frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.4, -0.1), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(out, metadata={"Date": None})
     plt.close(fig)

@@ -192,7 +192,8 @@ def test_every_docs_page_is_in_a_toctree() -> None:
 
 def test_every_public_name_is_in_the_api_reference() -> None:
     reference = (ROOT / "docs" / "api.md").read_text()
-    documented = set(re.findall(r"^\.\. auto(?:function|class|data):: (\w+)$", reference, re.M))
+    directives = r"^\.\. (?:autofunction|autoclass|py:data):: (\w+)$"
+    documented = set(re.findall(directives, reference, re.MULTILINE))
     assert documented == set(adamx.__all__)
 
 
