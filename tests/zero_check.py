@@ -212,6 +212,33 @@ def check_numbers(mesh: Mesh) -> None:
         assert split <= SPLIT_BATCH_ATOL, split
 
 
+def check_quantised(mesh: Mesh) -> None:
+    """8-bit moments and their per-block scales split over the data axis too: the same numbers
+    as on one device."""
+    tx = adamx.adam(learning_rate=3e-3, use_ema=True, mu_dtype="8bit", nu_dtype="8bit")
+    _, _, grads = train(dp.make_tx(clip=False), None, zero=False)
+    (params_sharding, state_sharding, _), _ = dp.zero_layout(tx, mesh)
+    state = jax.jit(tx.init, out_shardings=state_sharding)(
+        jax.device_put(dp.init_params(0), params_sharding)
+    )
+    split = [
+        path_str(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+        if leaf.dtype.itemsize == 1 and not leaf.sharding.is_fully_replicated
+    ]
+    held = max(state_bytes_per_device(state).values())
+    whole = sum(leaf.nbytes for leaf in jax.tree.leaves(state) if leaf.sharding.is_fully_replicated)
+    total = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    deviation = max_deviation(replay(tx, grads, mesh), replay(tx, grads, None))
+    print(
+        f"--- 8-bit moments: {len(split)} code leaves split; state {held} of {total} bytes per "
+        f"device ({whole} in leaves left whole); ZeRO vs one device, same gradients: "
+        f"max |deviation| {deviation:.3g}"
+    )
+    assert len(split) == 2 * 9 and held <= (total - whole) / 8 + whole, (split, held)
+    assert deviation == 0.0, deviation
+
+
 def gpt2_xl_shapes(mesh: Mesh, spec: Any) -> Any:
     """GPT-2 XL's parameter shapes (1.56B), as float32 `ShapeDtypeStruct`s placed by `spec`."""
     d = 1600
@@ -265,6 +292,7 @@ def main() -> None:
     check_memory(mesh)
     check_compiled(mesh)
     check_numbers(mesh)
+    check_quantised(mesh)
     print_memory_table(mesh)
     print("ZeRO checks ok")
 
