@@ -94,6 +94,7 @@ def losses(output: str) -> list[float]:
     return [float(line.split()[-1]) for line in output.splitlines() if line.startswith("step ")]
 
 
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_and_resume(tmp_path: Path) -> None:
     """20 steps on 2 processes x 4 devices with ZeRO state; resumed from the orbax checkpoint
     both processes wrote at step 10: bit-identical; the same run on one process: equal."""

@@ -107,6 +107,7 @@ def test_shard_over_needs_a_mesh() -> None:
         adamx.state_shardings(adamx.adam(), {"w": jnp.ones(3)}, shard_over="data")
 
 
+@pytest.mark.slow
 def test_zero_state_sharding_on_8_simulated_devices() -> None:
     """State bytes per device, the compiled step's collectives and memory, 20 steps' numbers."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
