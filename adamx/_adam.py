@@ -111,7 +111,7 @@ def adam(
         drop parameters whose gradient is None         skip_missing_gradients
           g <- g / loss_scale_factor                   static_loss_scale
           sum N calls, continue with the mean          accumulate_gradients
-            g <- clip(g)                               clip_by_norm | _by_value | _by_global_norm
+            g <- clip(g)                               clip_by_{norm,value,global_norm}
             m, v, step = (m*alpha) / (sqrt(v) + eps)   scale_by_keras_adam (lr inside alpha)
             p <- (p - p*weight_decay*lr) - step        decoupled_weight_decay
             p <- stochastic round of p (with a seed)   stochastic_round_params
