@@ -556,6 +556,35 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def machine_facts(floor: float) -> dict[str, Any]:
+    """The device, the versions and the measured bandwidth floor, for the table's first line."""
+    device = jax.devices()[0]
+    return {
+        "device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "adamx": adamx.__version__,
+        "bandwidth_floor_gb_per_s": floor,
+    }
+
+
+def print_header(machine: dict[str, Any], skipped: list[str], repeats: int, calls: int) -> None:
+    """The machine, the peers left out and why, and the columns' units."""
+    facts = (f"{k}: {show(v, 1) if isinstance(v, float) else v}" for k, v in machine.items())
+    print(" | ".join(facts))
+    for reason in skipped:
+        print(f"skipped: {reason}")
+    print(
+        f"median and IQR (interquartile range): ms per call over {repeats} interleaved repeats "
+        f"of {calls} calls; x optax: median over optax.adam's; GB/s: Adam's 28 bytes "
+        "per parameter over the median; x floor: over NumPy's y += x; state B/p: state bytes "
+        "per parameter; XLA passes: bytes accessed / 4 per parameter",
+        flush=True,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser_ = parser()
     args = parser_.parse_args(argv)
@@ -573,7 +602,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     floor = bandwidth_floor(64 if args.quick else 256)
-    device = jax.devices()[0]
     reasons = {"keras": keras_missing(), "torch": torch_missing(args.no_torch)}
     skip = tuple(prefix for prefix, reason in reasons.items() if reason)
     skipped = [
@@ -582,26 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reason and any(name.startswith(prefix) for name in chosen_names(args.only))
     ]
     chosen = [name for name in chosen_names(args.only) if not name.startswith(skip)]
-    machine = {
-        "device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "optax": optax.__version__,
-        "adamx": adamx.__version__,
-        "bandwidth_floor_gb_per_s": floor,
-    }
-    facts = (f"{k}: {show(v, 1) if isinstance(v, float) else v}" for k, v in machine.items())
-    print(" | ".join(facts))
-    for reason in skipped:
-        print(f"skipped: {reason}")
-    print(
-        f"median and IQR (interquartile range): ms per call over {repeats} interleaved repeats "
-        f"of {settings.calls} calls; x optax: median over optax.adam's; GB/s: Adam's 28 bytes "
-        "per parameter over the median; x floor: over NumPy's y += x; state B/p: state bytes "
-        "per parameter; XLA passes: bytes accessed / 4 per parameter",
-        flush=True,
-    )
+    machine = machine_facts(floor)
+    print_header(machine, skipped, repeats, settings.calls)
     all_rows: list[dict] = []
     for tree in args.trees:
         shapes = (
