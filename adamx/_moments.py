@@ -369,7 +369,7 @@ def _adam_leaf(
         g, m, v = (blockwise.to_blocks(x) for x in (g, m, v))
         v_max = None if v_max is None else blockwise.to_blocks(v_max)
     # The new scales of 8-bit moments: one pass over the gradient's blocks.
-    moments = ((m_scales, beta_1, SIGNED, 1), (v_scales, beta_2, UNSIGNED, 2))
+    moments = ((m_scales, beta_1, blockwise.SIGNED, 1), (v_scales, beta_2, blockwise.UNSIGNED, 2))
     eight_bit = [moment for moment in moments if moment[0] is not None]
     next_scales = iter(blockwise.next_scales(g, eight_bit) if blocked else ())
     m_next, v_next = (None if x is None else next(next_scales) for x in (m_scales, v_scales))
@@ -399,7 +399,7 @@ def _adam_leaf(
     v_bits = None if bits is None else swap_halves(bits)
     v, v_read, v_scales = kept(v_new, v, v_scales, v_next, v_bits)
     if amsgrad:
-        v_max_new = jnp.maximum(_read(v_max, v_max_scales, UNSIGNED, real), v_read)
+        v_max_new = jnp.maximum(_read(v_max, v_max_scales, blockwise.UNSIGNED, real), v_read)
         v_max_next = None if v_next is None else jnp.maximum(v_max_scales, v_next)
         v_max, v_read, v_max_scales = kept(v_max_new, v_max, v_max_scales, v_max_next, None)
     root_v = jnp.sqrt(v_read)
@@ -412,9 +412,6 @@ def _adam_leaf(
     if blocked:
         outputs = tuple(blockwise.from_blocks(x, n[0]) for x in outputs)
     return *outputs, m_scales, v_scales, v_max_scales
-
-
-SIGNED, UNSIGNED = blockwise.SIGNED, blockwise.UNSIGNED
 
 
 def _read(stored: jax.Array, scales: Any, code: blockwise.Format, dtype: Any) -> jax.Array:
