@@ -50,8 +50,10 @@ def _gloo_on_loopback() -> None:
     to the loopback interface so the test never listens beyond this machine."""
     from jax._src import xla_bridge
 
-    make = xla_bridge._jax.make_gloo_tcp_collectives
-    xla_bridge._jax.make_gloo_tcp_collectives = lambda distributed_client: make(
+    # The module holding the factory was `xla_client._xla` in older JAX, `_jax` since.
+    module = getattr(xla_bridge, "_jax", None) or xla_bridge.xla_client._xla
+    make = module.make_gloo_tcp_collectives
+    module.make_gloo_tcp_collectives = lambda distributed_client: make(
         distributed_client=distributed_client, hostname="127.0.0.1"
     )
 
