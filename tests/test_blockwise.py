@@ -292,6 +292,22 @@ def test_a_skipped_step_keeps_codes_and_scales_bit_for_bit() -> None:
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
 
 
+def test_a_non_finite_gradient_stays_in_its_block() -> None:
+    """A NaN spoils at most its own block of 256 (the scale is per block): every other element
+    steps bit for bit as in the same run with that gradient finite."""
+    tx = adamx.adam(0.01, **EIGHT_BIT)
+    params = {"w": jnp.ones((16, 512))}
+    grads = random_grads(6, 4, params)
+    bad = [dict(g) for g in grads]
+    bad[1] = {"w": np.where(np.arange(512) == 300, np.nan, grads[1]["w"]).astype(np.float32)}
+    clean, _ = run_adamx(tx, params, grads)
+    spoilt, _ = run_adamx(tx, params, bad)
+    block = np.zeros((16, 512), bool)
+    block[:, 256:] = True  # the NaN is at column 300 of every row: the second block of each
+    assert np.isnan(spoilt["w"][:, 300]).all()
+    np.testing.assert_array_equal(np.asarray(spoilt["w"])[~block], np.asarray(clean["w"])[~block])
+
+
 def test_inject_hyperparams_gives_the_static_bits() -> None:
     params = {"w": jnp.ones((16, 512))}
     grads = random_grads(5, 4, params)
