@@ -87,7 +87,13 @@ def run(workdir: Path, mode: str) -> None:
         params, state = checkpointer.restore(workdir / "step_10", target)
         first = HALFWAY
     else:
-        params = jax.device_put(dp.init_params(0), params_sharding)
+        # Built from each process's own copy: `jax.device_put` of host arrays onto a sharding
+        # across processes first checks that they agree, a broadcast that gloo fails in JAX 0.5.
+        params = jax.tree.map(
+            lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]),
+            dp.init_params(0),
+            params_sharding,
+        )
         state = jax.jit(tx.init, out_shardings=state_sharding)(params)
         first = 0
     for i in range(first, STEPS):
