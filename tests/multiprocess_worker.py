@@ -17,6 +17,7 @@ Everything binds to 127.0.0.1.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -34,14 +35,16 @@ def join(process_id: int, num_processes: int, port: int) -> None:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     _gloo_on_loopback()
+    # Older JAX (0.5) has no heartbeat and shutdown timeouts to set: its defaults apply there.
+    timeouts: dict[str, Any] = {"heartbeat_timeout_seconds": 30, "shutdown_timeout_seconds": 30}
+    accepted = inspect.signature(jax.distributed.initialize).parameters
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{port}",
         coordinator_bind_address=f"127.0.0.1:{port}",
         num_processes=num_processes,
         process_id=process_id,
         initialization_timeout=60,
-        heartbeat_timeout_seconds=30,
-        shutdown_timeout_seconds=30,
+        **{name: seconds for name, seconds in timeouts.items() if name in accepted},
     )
 
 
@@ -84,7 +87,13 @@ def run(workdir: Path, mode: str) -> None:
         params, state = checkpointer.restore(workdir / "step_10", target)
         first = HALFWAY
     else:
-        params = jax.device_put(dp.init_params(0), params_sharding)
+        # Built from each process's own copy: `jax.device_put` of host arrays onto a sharding
+        # across processes first checks that they agree, a broadcast that gloo fails in JAX 0.5.
+        params = jax.tree.map(
+            lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]),
+            dp.init_params(0),
+            params_sharding,
+        )
         state = jax.jit(tx.init, out_shardings=state_sharding)(params)
         first = 0
     for i in range(first, STEPS):

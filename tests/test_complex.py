@@ -19,6 +19,11 @@ from harness import assert_bit_equal, run_adamx
 import adamx
 from adamx._state import find_state
 
+try:
+    from jax import enable_x64
+except ImportError:  # older JAX (0.5) has only `jax.experimental.enable_x64`, since removed
+    from jax.experimental import enable_x64  # type: ignore[attr-defined,no-redef]
+
 STEPS = 20
 # float32 arithmetic against the float64 reference, relative to the largest |p|: the same
 # drift as for real parameters (harness.REFERENCE_RTOL), measured here at 6e-7 over 20 steps.
@@ -124,7 +129,7 @@ def test_narrow_moments_with_a_rounding_seed_round_complex_values_to_nearest() -
     """complex128 parameters with bfloat16 moments: `m` is stored complex64 (rounded to
     nearest, the rule for complex values) and `v` bfloat16 (rounded stochastically); the
     result agrees with the float64 reference to bfloat16's precision."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params = jnp.asarray([1.0 + 2.0j, -0.5 + 0.25j], jnp.complex128)
         tx = adamx.adam(0.1, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, rounding_seed=0)
         state = tx.init(params)

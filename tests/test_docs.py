@@ -64,20 +64,28 @@ def blocks(language: str) -> dict[str, str]:
 SNIPPETS = blocks("python")
 
 
-def imported(code: str) -> set[str]:
-    modules = set()
+def imported_modules(code: str) -> set[str]:
+    """The dotted names of the modules a block imports (`orbax.checkpoint`)."""
+    modules: set[str] = set()
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Import):
-            modules.update(alias.name.split(".")[0] for alias in node.names)
+            modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            modules.add(node.module.split(".")[0])
+            modules.add(node.module)
     return modules
+
+
+def imported(code: str) -> set[str]:
+    """The top-level packages a block imports."""
+    return {module.split(".")[0] for module in imported_modules(code)}
 
 
 def run(key: str) -> dict[str, object]:
     """Runs one block in a namespace of its own, skipping if an optional library is missing."""
     code = SNIPPETS[key]
-    for module in sorted(imported(code) & set(OPTIONAL)):
+    # The full names: an empty `orbax` namespace package (left by another orbax-* package, or
+    # by uninstalling orbax-checkpoint) imports without `orbax.checkpoint`.
+    for module in sorted(m for m in imported_modules(code) if m.split(".")[0] in OPTIONAL):
         pytest.importorskip(module)
     namespace: dict[str, object] = {}
     exec(compile(code, key, "exec"), namespace)

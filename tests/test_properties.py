@@ -121,8 +121,8 @@ def check_against_reference(kwargs: dict[str, Any], tree: Any, seed: int, steps:
     ours, state = run(adamx.adam(**kwargs), params, grads)
     expected = reference.run(
         reference.Config(**kwargs),
-        [np.float64(x) for x in jax.tree.leaves(params)],
-        [[np.float64(x) for x in jax.tree.leaves(g)] for g in grads],
+        [np.asarray(x, np.float64) for x in jax.tree.leaves(params)],
+        [[np.asarray(x, np.float64) for x in jax.tree.leaves(g)] for g in grads],
     )
     assert_close_to_reference(ours, expected.params)
     if kwargs["use_ema"]:
