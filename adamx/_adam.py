@@ -170,9 +170,11 @@ def adam(
         callable of the parameters returning one; see `adamx.decayed_paths`. Needs
         `weight_decay`. Default None (decay every leaf).
       mu_dtype: (keyword-only) storage dtype of the first moment; None keeps the parameters'.
-        The arithmetic stays float32 or wider. `"8bit"` stores the moment of every tensor of
-        `min_8bit_size` elements or more as 8-bit codes with a float32 scale per block of up to
-        256 elements (see `adamx.scale_by_keras_adam`); not with a `rounding_seed`.
+        The arithmetic stays float32 or wider. A complex parameter's first moment stays
+        complex, at least complex64 (`mu_dtype=jnp.bfloat16` stores it as complex64).
+        `"8bit"` stores the moment of every tensor of `min_8bit_size` elements or more as
+        8-bit codes with a float32 scale per block of up to 256 elements (see
+        `adamx.scale_by_keras_adam`); not with a `rounding_seed`.
       nu_dtype: (keyword-only) storage dtype of the second moment and of v-hat; None keeps the
         parameters' (real) dtype; `"8bit"` as for `mu_dtype` (about 2.03 bytes per parameter
         for both moments).

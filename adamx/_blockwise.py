@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 BLOCK = 256  # elements per scale: bitsandbytes' and torchao's block size
 MIN_BLOCK = 32  # shorter power-of-two blocks would cost more than 1/8 byte per element
@@ -73,12 +74,63 @@ def block_size(n: int) -> int:
     return next((b for b in range(BLOCK, BLOCK // 2 - 1, -1) if n % b == 0), BLOCK)
 
 
+def scales_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the per-block scales of a tensor of `shape`."""
+    return (*shape[:-1], -(-shape[-1] // block_size(shape[-1])))
+
+
+def _spec(sharding: NamedSharding, ndim: int) -> list[Any]:
+    return list(sharding.spec) + [None] * (ndim - len(sharding.spec))
+
+
+def last_axes(sharding: NamedSharding, ndim: int) -> tuple[str, ...]:
+    """The mesh axes a tensor's last axis is sharded over."""
+    last = _spec(sharding, ndim)[-1]
+    return () if last is None else (last,) if isinstance(last, str) else tuple(last)
+
+
+def last_axis_splits_blocks(sharding: NamedSharding, shape: tuple[int, ...]) -> bool:
+    """Whether the shards of a tensor's last axis would split its blocks."""
+    axes = last_axes(sharding, len(shape))
+    shards = int(np.prod([sharding.mesh.shape[axis] for axis in axes], dtype=np.int64))
+    return shape[-1] % (shards * block_size(shape[-1])) != 0
+
+
+def scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
+    """The sharding of the scales of a tensor of `shape` and `sharding`: the tensor's, with the
+    last axis replicated where its shards would split a block."""
+    if not isinstance(sharding, NamedSharding):
+        return sharding
+    spec = _spec(sharding, len(shape))
+    if last_axis_splits_blocks(sharding, shape):
+        spec[-1] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def placement(param: Any) -> NamedSharding | None:
+    """The NamedSharding a tensor carries: a placed array's, a `jax.ShapeDtypeStruct`'s, or a
+    traced array's on an `AxisType.Explicit` mesh (None on others: XLA lays those out)."""
+    if isinstance(param, jax.core.Tracer):
+        typeof = getattr(jax, "typeof", None)  # JAX 0.6 and newer
+        sharding = getattr(typeof(param), "sharding", None) if typeof else None
+        explicit = isinstance(sharding, NamedSharding) and sharding.mesh.explicit_axes
+        return sharding if explicit else None
+    sharding = getattr(param, "sharding", None)
+    return sharding if isinstance(sharding, NamedSharding) else None
+
+
 def zeros(param: Any, code: Format) -> tuple[jax.Array, jax.Array]:
-    """Zero codes like `param` and zero scales, both laid out like it (slicing keeps the
-    parameter's sharding where it has one)."""
+    """Zero codes like `param`, and zero scales with the `scales_sharding` of its `placement`
+    (`param` may be a `jax.ShapeDtypeStruct`)."""
     codes = jnp.zeros_like(param, code.dtype)
-    scales = jnp.zeros_like(param[..., :: block_size(param.shape[-1])], jnp.float32)
-    return codes, scales
+    sharding = placement(param)
+    shape = scales_shape(param.shape)
+    if sharding is None:
+        return codes, jnp.zeros(shape, jnp.float32)
+    scales = scales_sharding(sharding, param.shape)
+    if isinstance(param, jax.core.Tracer):
+        return codes, jnp.zeros(shape, jnp.float32, out_sharding=scales)
+    return codes, jnp.zeros(shape, jnp.float32, device=scales)
 
 
 def to_blocks(x: jax.Array) -> jax.Array:

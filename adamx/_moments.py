@@ -112,6 +112,7 @@ class _Storage(NamedTuple):
                     '`nu_dtype` "8bit" (for example with `optax.partition`), or raise '
                     "`min_8bit_size`."
                 )
+            _check_blocks_in_shards(path, p)
             return _Pair(*blockwise.zeros(p, code))
 
         pairs = jax.tree_util.tree_map_with_path(zeros, params)
@@ -218,7 +219,8 @@ def scale_by_keras_adam(
       learning_rate: a number, a schedule `count -> rate`, or a zero-argument callable.
       nesterov: use the Nesterov-accelerated first moment.
       mu_dtype: storage dtype of the first moment; None keeps the parameters' dtype; "8bit"
-        stores it in 8-bit blocks.
+        stores it in 8-bit blocks. Complex parameters keep a complex first moment, at least
+        complex64.
       nu_dtype: storage dtype of the second moment and of v-hat (a running maximum of the same
         quantity, so they share it); None keeps the parameters' (real) dtype; "8bit" stores
         them in 8-bit blocks.
@@ -412,6 +414,25 @@ def _adam_leaf(
     if blocked:
         outputs = tuple(blockwise.from_blocks(x, n[0]) for x in outputs)
     return *outputs, m_scales, v_scales, v_max_scales
+
+
+def _check_blocks_in_shards(path: Any, p: Any) -> None:
+    """Refuses a tensor sharded on its last axis over an `AxisType.Explicit` mesh into shards
+    that split its blocks: JAX would need a collective to reshape it into blocks, and does
+    not insert one on explicit axes (on `AxisType.Auto` meshes XLA does)."""
+    sharding = blockwise.placement(p)
+    if sharding is None:
+        return
+    axes = blockwise.last_axes(sharding, p.ndim)
+    explicit = set(axes) & set(getattr(sharding.mesh, "explicit_axes", ()))
+    if explicit and blockwise.last_axis_splits_blocks(sharding, p.shape):
+        raise ValueError(
+            f"8-bit moments: the leaf at '{path_str(path)}' (shape {tuple(p.shape)}) has its "
+            f"last axis sharded over {axes} of an `AxisType.Explicit` mesh, into shards that "
+            f"split its blocks of {blockwise.block_size(p.shape[-1])} elements. Shard another "
+            "axis, keep this leaf's moments as floats (raise `min_8bit_size`, or "
+            "`optax.partition`), or use an `AxisType.Auto` mesh."
+        )
 
 
 def _read(stored: jax.Array, scales: Any, code: blockwise.Format, dtype: Any) -> jax.Array:

@@ -6,11 +6,10 @@ import math
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
-from adamx._blockwise import block_size
+from adamx._blockwise import scales_shape, scales_sharding
 from adamx._trees import path_str
 
 # Leaves smaller than this (elements) stay whole under `shard_over`: 64 KiB of float32, where a
@@ -46,26 +45,9 @@ def _full_spec(sharding: NamedSharding, ndim: int) -> tuple[Any, ...]:
     return tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
 
 
-def _scales_sharding(sharding: Sharding, shape: tuple[int, ...]) -> Sharding:
-    """The sharding of an 8-bit moment's per-block scales (`adamx._blockwise`), for a
-    parameter of `shape` and `sharding`: the parameter's, with the last axis replicated where
-    its shards would split a block."""
-    if not isinstance(sharding, NamedSharding):
-        return sharding
-    spec = list(_full_spec(sharding, len(shape)))
-    last = spec[-1]
-    axes = () if last is None else (last,) if isinstance(last, str) else tuple(last)
-    shards = int(np.prod([sharding.mesh.shape[axis] for axis in axes], dtype=np.int64))
-    if shape[-1] % (shards * block_size(shape[-1])):
-        spec[-1] = None
-    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
-
-
 def _is_scales(leaf_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     """Whether a state leaf of `leaf_shape` holds the per-block scales of a parameter."""
-    if not shape or leaf_shape == shape:
-        return False
-    return leaf_shape == (*shape[:-1], -(-shape[-1] // block_size(shape[-1])))
+    return bool(shape) and leaf_shape != shape and leaf_shape == scales_shape(shape)
 
 
 def _like_param(leaf: Any, param: Any, sharding: Sharding, replicated: Sharding) -> Sharding:
@@ -74,7 +56,7 @@ def _like_param(leaf: Any, param: Any, sharding: Sharding, replicated: Sharding)
     if leaf.shape == param.shape:
         return sharding
     if _is_scales(leaf.shape, param.shape):
-        return _scales_sharding(sharding, param.shape)
+        return scales_sharding(sharding, param.shape)
     return replicated
 
 

@@ -28,7 +28,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adamx
-from adamx._sharding import _is_scales, _scales_sharding
+from adamx._blockwise import scales_sharding
+from adamx._sharding import _is_scales
 from adamx._trees import path_str
 
 AxisType = getattr(jax.sharding, "AxisType", None)  # absent before jax 0.6
@@ -98,7 +99,7 @@ def print_and_check_placement(label: str, state: Any, params: Any) -> None:
         elif suffix is not None and _is_scales(leaf.shape, param_paths[suffix].shape):
             # 8-bit moments' per-block scales: the parameter's layout where blocks allow it
             param = param_paths[suffix]
-            expected = _scales_sharding(param.sharding, param.shape)
+            expected = scales_sharding(param.sharding, param.shape)
             assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (label, path, expected)
         else:
             assert leaf.sharding.is_fully_replicated, (label, path)
@@ -294,6 +295,74 @@ def check_grouping_refuses_sharded() -> None:
     print("--- group_leaves refuses sharded parameters and accepts replicated ones")
 
 
+def check_8bit_on_explicit_axes() -> None:
+    """8-bit moments on an `AxisType.Explicit` mesh: eager and jitted `init` place the scales
+    with their parameter where its shards hold whole blocks, and the sharded steps give the
+    single-device bits (blocks never cross a device); a last axis whose shards would split
+    blocks is refused at `init`, naming the leaf."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    shapes = {"rows": (64, 512), "columns": (16, 4096)}  # blocks of 256: 16 per row of columns
+    specs = {"rows": P("x", None), "columns": P(None, "x")}
+    rng = np.random.default_rng(5)
+
+    def make(scale: float) -> dict[str, np.ndarray]:
+        return {k: (scale * rng.standard_normal(v)).astype(np.float32) for k, v in shapes.items()}
+
+    start, grads = make(1.0), [make(0.1) for _ in range(3)]
+    tx = adamx.adam(0.01, amsgrad=True, mu_dtype="8bit", nu_dtype="8bit")
+    single, _ = run_steps(tx, start, tx.init(start), grads)
+    with jax.set_mesh(mesh):
+        params = place(start, mesh, specs)
+        print_and_check_placement("8-bit, explicit axes: eager tx.init", tx.init(params), params)
+        state = jax.jit(tx.init)(params)
+        print_and_check_placement("8-bit, explicit axes: jax.jit(tx.init)", state, params)
+        new_params, _ = run_steps(tx, params, state, [place(g, mesh, specs) for g in grads])
+        assert max_deviation(new_params, single) == 0.0
+        split = {"w": jax.device_put(jnp.ones((16, 1024)), NamedSharding(mesh, P(None, "x")))}
+        for init in (tx.init, jax.jit(tx.init)):
+            try:
+                init(split)
+            except ValueError as error:
+                assert "the leaf at 'w' (shape (16, 1024))" in str(error), error
+            else:
+                raise AssertionError("8-bit init accepted shards that split blocks")
+    print("--- 8-bit moments on explicit axes: placed, bit-identical, split blocks refused")
+
+
+def check_8bit_split_blocks_on_auto_axes() -> None:
+    """On an `AxisType.Auto` mesh a last axis whose shards split blocks trains, with the
+    scales' last axis replicated by `state_shardings`, bit for bit as one device. optax's
+    generic recipe hands the scales the parameter's spec instead, which does not divide them
+    (the sharding guide says so)."""
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+    rng = np.random.default_rng(6)
+    start = {"w": rng.standard_normal((16, 1024)).astype(np.float32)}  # 4 blocks, 8 shards
+    grads = [{"w": (0.1 * rng.standard_normal((16, 1024))).astype(np.float32)} for _ in range(3)]
+    tx = adamx.adam(0.01, mu_dtype="8bit", nu_dtype="8bit")
+    single, _ = run_steps(tx, start, tx.init(start), grads)
+    params = place(start, mesh, {"w": P(None, "x")})
+    state = jax.jit(tx.init, out_shardings=adamx.state_shardings(tx, params))(params)
+    print_and_check_placement("8-bit, split blocks, auto axes", state, params)
+    new_params, _ = run_steps(
+        tx, params, state, [place(g, mesh, {"w": P(None, "x")}) for g in grads]
+    )
+    assert max_deviation(new_params, single) == 0.0
+    generic = optax.tree.map_params(
+        tx,
+        lambda _, spec: NamedSharding(mesh, spec),
+        jax.eval_shape(tx.init, params),
+        {"w": P(None, "x")},
+        transform_non_params=lambda _: NamedSharding(mesh, P()),
+        is_leaf=lambda x: isinstance(x, P),
+    )
+    try:
+        jax.jit(tx.init, out_shardings=generic)(params)
+    except ValueError as error:
+        print(f"--- optax's generic recipe on split blocks: {type(error).__name__}")
+    else:
+        raise AssertionError("the sharding guide says optax's recipe fails here; update it")
+
+
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     axis_types = ["auto"] + (["explicit"] if AxisType is not None else [])
@@ -305,6 +374,9 @@ def main() -> None:
     check_data_parallel()
     check_docs_snippets()
     check_grouping_refuses_sharded()
+    check_8bit_split_blocks_on_auto_axes()
+    if AxisType is not None:
+        check_8bit_on_explicit_axes()
     print("sharded checks ok")
 
 

@@ -310,6 +310,19 @@ def test_a_non_finite_gradient_stays_in_its_block() -> None:
     np.testing.assert_array_equal(np.asarray(spoilt["w"])[~block], np.asarray(clean["w"])[~block])
 
 
+def test_init_takes_abstract_parameters() -> None:
+    """`init` on `jax.ShapeDtypeStruct` parameters (optax's sharding tests do this): the
+    state `jax.eval_shape` predicts."""
+    tx = adamx.adam(amsgrad=True, **EIGHT_BIT)
+    abstract = {"w": jax.ShapeDtypeStruct((64, 1000), jnp.float32)}
+    state = tx.init(abstract)
+    expected = jax.eval_shape(tx.init, abstract)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), expected
+    )
+    assert find_state(state, adamx.ScaleByKerasAdamState).mu_scales["w"].shape == (64, 4)
+
+
 def test_inject_hyperparams_gives_the_static_bits() -> None:
     params = {"w": jnp.ones((16, 512))}
     grads = random_grads(5, 4, params)
