@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 BLOCK = 256  # elements per scale: bitsandbytes' and torchao's block size
 MIN_BLOCK = 32  # shorter power-of-two blocks would cost more than 1/8 byte per element
@@ -79,13 +79,14 @@ def scales_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (*shape[:-1], -(-shape[-1] // block_size(shape[-1])))
 
 
-def _spec(sharding: NamedSharding, ndim: int) -> list[Any]:
+def full_spec(sharding: NamedSharding, ndim: int) -> list[Any]:
+    """The sharding's partition spec, with an entry (None: unsharded) for each of `ndim` axes."""
     return list(sharding.spec) + [None] * (ndim - len(sharding.spec))
 
 
 def last_axes(sharding: NamedSharding, ndim: int) -> tuple[str, ...]:
     """The mesh axes a tensor's last axis is sharded over."""
-    last = _spec(sharding, ndim)[-1]
+    last = full_spec(sharding, ndim)[-1]
     return () if last is None else (last,) if isinstance(last, str) else tuple(last)
 
 
@@ -101,22 +102,25 @@ def scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
     last axis replicated where its shards would split a block."""
     if not isinstance(sharding, NamedSharding):
         return sharding
-    spec = _spec(sharding, len(shape))
+    spec = full_spec(sharding, len(shape))
     if last_axis_splits_blocks(sharding, shape):
         spec[-1] = None
     return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
-def placement(param: Any) -> NamedSharding | None:
-    """The NamedSharding a tensor carries: a placed array's, a `jax.ShapeDtypeStruct`'s, or a
-    traced array's on an `AxisType.Explicit` mesh (None on others: XLA lays those out)."""
+def placement(param: Any) -> Sharding | None:
+    """The sharding a tensor carries: a placed array's or a `jax.ShapeDtypeStruct`'s (a
+    NamedSharding or a single device), or a traced array's on an `AxisType.Explicit` mesh; None
+    for others (XLA lays those out)."""
     if isinstance(param, jax.core.Tracer):
         typeof = getattr(jax, "typeof", None)  # JAX 0.6 and newer
         sharding = getattr(typeof(param), "sharding", None) if typeof else None
-        explicit = isinstance(sharding, NamedSharding) and sharding.mesh.explicit_axes
+        explicit = isinstance(sharding, NamedSharding) and bool(
+            getattr(sharding.mesh, "explicit_axes", None)
+        )
         return sharding if explicit else None
     sharding = getattr(param, "sharding", None)
-    return sharding if isinstance(sharding, NamedSharding) else None
+    return sharding if isinstance(sharding, (NamedSharding, SingleDeviceSharding)) else None
 
 
 def zeros(param: Any, code: Format) -> tuple[jax.Array, jax.Array]:

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
 
 from adamx import _blockwise as blockwise
 from adamx._commit import check_commit, commit_state
@@ -421,7 +422,7 @@ def _check_blocks_in_shards(path: Any, p: Any) -> None:
     that split its blocks: JAX would need a collective to reshape it into blocks, and does
     not insert one on explicit axes (on `AxisType.Auto` meshes XLA does)."""
     sharding = blockwise.placement(p)
-    if sharding is None:
+    if not isinstance(sharding, NamedSharding):
         return
     axes = blockwise.last_axes(sharding, p.ndim)
     explicit = set(axes) & set(getattr(sharding.mesh, "explicit_axes", ()))

@@ -9,7 +9,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
-from adamx._blockwise import scales_shape, scales_sharding
+from adamx._blockwise import full_spec, scales_shape, scales_sharding
 from adamx._trees import path_str
 
 # Leaves smaller than this (elements) stay whole under `shard_over`: 64 KiB of float32, where a
@@ -41,10 +41,6 @@ def _param_shardings(params: optax.Params) -> Any:
     return jax.tree_util.tree_map_with_path(sharding_of, params)
 
 
-def _full_spec(sharding: NamedSharding, ndim: int) -> tuple[Any, ...]:
-    return tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
-
-
 def _is_scales(leaf_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     """Whether a state leaf of `leaf_shape` holds the per-block scales of a parameter."""
     return bool(shape) and leaf_shape != shape and leaf_shape == scales_shape(shape)
@@ -66,7 +62,7 @@ def _split_over(axis: str, min_size: int, sharding: Sharding, leaf: Any) -> Shar
     dimension."""
     if not isinstance(sharding, NamedSharding) or math.prod(leaf.shape) < min_size:
         return sharding
-    spec = _full_spec(sharding, leaf.ndim)
+    spec = full_spec(sharding, leaf.ndim)
     if any(axis in (e if isinstance(e, tuple) else (e,)) for e in spec):
         return sharding
     size = sharding.mesh.shape[axis]
